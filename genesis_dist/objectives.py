@@ -1,0 +1,118 @@
+"""Training objectives: GECO (Rezende & Viola 2018) and the plain β-ELBO.
+
+Both take the model's per-image `err [B]` and `kl [B]` (nats) and return a scalar
+loss; GECO also adapts β from the reconstruction error (GENESIS Appendix B.4,
+GENESIS-V2 Appendix E).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+def geco_goal(goal_per_pixel: float, img_size: int, channels: int = 3) -> float:
+    """Reconstruction goal C = g_goal · C · H · W in nats per image."""
+    return goal_per_pixel * channels * img_size * img_size
+
+
+def geco_step_size(img_size: int, base: float = 1e-5) -> float:
+    """β step size λ = 1e-5 · 64² / (H · W)."""
+    return base * 64 * 64 / (img_size * img_size)
+
+
+def _global_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean over all ranks when torch.distributed is initialised (else unchanged)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value = value / dist.get_world_size()
+    return value
+
+
+class GECO:
+    """GECO: minimise KL subject to err ≤ C, with a Lagrange multiplier β.
+
+    Per step, with α the EMA decay and s the speed-up:
+        loss = err + β · KL           (β from before this step's update)
+        err_ema ← (1 − α)·err + α·err_ema   (initialised with the first err)
+        Δ = C − err_ema
+        β ← clamp(β · exp(λ · Δ · s), β_min, β_max),  s = speedup if Δ > 0 else 1
+
+    Under torch.distributed the err fed to the update is all-reduced (mean of
+    the rank means), so every rank holds the same β.
+    """
+
+    def __init__(
+        self,
+        goal: float,
+        step_size: float,
+        alpha: float = 0.99,
+        speedup: float = 10.0,
+        beta_init: float = 1.0,
+        beta_min: float = 1e-10,
+        beta_max: float = 1e10,
+        sync: bool = True,
+    ):
+        self.goal = goal
+        self.step_size = step_size
+        self.alpha = alpha
+        self.speedup = speedup
+        self.beta = beta_init
+        self.beta_min = beta_min
+        self.beta_max = beta_max
+        self.sync = sync
+        self.err_ema: float | None = None
+
+    def loss(self, err: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        """Scalar loss `mean(err) + β · mean(kl)` with the current β.
+
+        Args: err, kl `[B]` in nats per image (kl includes any auxiliary term
+        that GECO weighs like the KL). Call `update(err.mean())` after the
+        optimiser step: the host sync it needs then stalls nothing.
+        """
+        return err.mean() + self.beta * kl.mean()
+
+    @torch.no_grad()
+    def update(self, err: torch.Tensor | float) -> float:
+        """Update the EMA and β from a batch-mean err (nats); returns the new β."""
+        if isinstance(err, torch.Tensor):
+            if self.sync:
+                err = _global_mean(err.float())
+            err = float(err.item())
+        if self.err_ema is None:
+            self.err_ema = err
+        else:
+            self.err_ema = (1.0 - self.alpha) * err + self.alpha * self.err_ema
+        delta = self.goal - self.err_ema
+        speed = self.speedup if delta > 0 else 1.0
+        self.beta = min(max(self.beta * math.exp(self.step_size * delta * speed), self.beta_min), self.beta_max)
+        return self.beta
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"beta": self.beta, "err_ema": self.err_ema}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        self.beta = float(state["beta"])
+        self.err_ema = None if state["err_ema"] is None else float(state["err_ema"])
+
+
+class BetaELBO:
+    """β-VAE objective `mean(err) + β · mean(kl)` with fixed β (β = 1: the negative ELBO)."""
+
+    def __init__(self, beta: float = 1.0):
+        self.beta = beta
+
+    def loss(self, err: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        return err.mean() + self.beta * kl.mean()
+
+    def update(self, err: torch.Tensor | float) -> float:
+        """β is fixed: nothing to adapt."""
+        return self.beta
+
+    def state_dict(self) -> dict[str, float]:
+        return {"beta": self.beta}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.beta = float(state["beta"])
