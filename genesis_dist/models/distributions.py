@@ -51,3 +51,8 @@ def monte_carlo_kl(
     if slot_mask is not None:
         per_slot = per_slot * slot_mask.to(per_slot.dtype)
     return per_slot.sum(dim=-1)
+
+
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """Upcast half / bfloat16 tensors (from autocast) to float32; others unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -3,12 +3,14 @@ attention masks, a shared spatial broadcast decoder for all slots in parallel
 and an autoregressive prior. Read top to bottom: __init__, forward, sample."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BroadcastDecoder, ConvGNReLU, UNet, coordinate_grid
-from .distributions import monte_carlo_kl, posterior_sigma, reparameterise
+from .distributions import full_precision, monte_carlo_kl, posterior_sigma, reparameterise
 from .icsbp import EMPTY_LOG_MASK, InstanceColouringSBP
 from .mixture import compose, mixture_nll
 from .outputs import ModelOutput, SampleOutput
@@ -45,9 +47,9 @@ def mask_consistency_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor
     Args: log masks `[B, K, 1, H, W]` each, clamped to ≥ 1e-5 before the KL.
     Returns: `[B]` nats per image.
     """
-    floor = torch.log(torch.tensor(MASK_FLOOR, device=log_att_masks.device))
-    log_att = log_att_masks.float().clamp_min(floor)
-    log_dec = log_dec_masks.detach().float().clamp_min(floor)
+    floor = math.log(MASK_FLOOR)
+    log_att = full_precision(log_att_masks).clamp_min(floor)
+    log_dec = full_precision(log_dec_masks.detach()).clamp_min(floor)
     return (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
 
 
@@ -112,7 +114,7 @@ class GenesisV2(nn.Module):
         `slot_mask` False get zero mass.
         """
         b, k, _ = z.shape
-        out = self.decoder(z.flatten(0, 1)).unflatten(0, (b, k)).float()
+        out = full_precision(self.decoder(z.flatten(0, 1)).unflatten(0, (b, k)))
         components = torch.sigmoid(out[:, :, :3])
         logits = out[:, :, 3:]
         if slot_mask is not None:
@@ -130,11 +132,11 @@ class GenesisV2(nn.Module):
         feature_map = self.feature_head(h)
         attention = self.icsbp(embeddings, stop_pixels=stop_pixels)
         att = attention.log_masks.exp().flatten(2)  # [B, K, N]
-        feats = feature_map.float().flatten(2)  # [B, F, N]
+        feats = full_precision(feature_map).flatten(2)  # [B, F, N]
         # Object features: mask-weighted means of the feature map (Sec. 3.1).
         pooled = torch.einsum("bkn,bfn->bkf", att, feats) / (att.sum(dim=2, keepdim=True) + 1e-5)
         q_mean, q_raw = self.posterior_head(pooled).chunk(2, dim=-1)
-        return q_mean.float(), posterior_sigma(q_raw.float()), attention
+        return full_precision(q_mean), posterior_sigma(full_precision(q_raw)), attention
 
     def forward(self, x: torch.Tensor, stop_pixels: float | None = None) -> ModelOutput:
         """Encode, decode and score `x` `[B, 3, H, W]` in [0, 1].
@@ -147,9 +149,9 @@ class GenesisV2(nn.Module):
         slot_mask = None if stop is None else attention.slot_mask
         z = reparameterise(q_mean, q_std)
         log_masks, components = self._decode(z, slot_mask)
-        err = mixture_nll(x.float(), log_masks, components, self.pixel_std)
+        err = mixture_nll(full_precision(x), log_masks, components, self.pixel_std)
         p_mean, p_std = self.prior(z)
-        kl = monte_carlo_kl(z, q_mean, q_std, p_mean.float(), p_std.float(), slot_mask)
+        kl = monte_carlo_kl(z, q_mean, q_std, full_precision(p_mean), full_precision(p_std), slot_mask)
         aux = {}
         if self.use_mask_loss:
             aux["mask_loss"] = mask_consistency_kl(attention.log_masks, log_masks)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .distributions import full_precision
+
 KERNELS = ("gaussian", "laplacian", "epanechnikov")
 # exp() of this is exactly 0 in float32/bfloat16: marks slots unused under the flexible stop.
 EMPTY_LOG_MASK = -1.0e4
@@ -101,10 +103,10 @@ class InstanceColouringSBP(nn.Module):
         """
         k_max = num_slots or self.num_slots
         with torch.autocast(embeddings.device.type, enabled=False):
-            emb = embeddings.float().flatten(2)  # [B, E, N]
+            emb = full_precision(embeddings).flatten(2)  # [B, E, N]
             b, _, n = emb.shape
             h, w = embeddings.shape[-2:]
-            seed_scores = torch.rand(b, n, device=emb.device, generator=generator)
+            seed_scores = torch.rand(b, n, device=emb.device, dtype=emb.dtype, generator=generator)
             log_seed_scores = torch.log(seed_scores)
             log_scope = emb.new_zeros(b, n)
             active = torch.ones(b, dtype=torch.bool, device=emb.device)
