@@ -99,6 +99,7 @@ class RunConfig:
     image_every: int = 1000
     eval_images: int = 64
     max_failures: int = 2
+    kill_at_step: Optional[int] = None  # fault injection for tests: the last rank SIGKILLs itself once here
 
 
 @dataclass
@@ -178,38 +179,60 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be > 0")
 
 
+def _split_defaults(cfg: DictConfig, source: str) -> tuple[DictConfig, dict[str, str]]:
+    """Separate a file's `defaults:` group selections from its values."""
+    cfg = cfg.copy()
+    defaults = cfg.pop("defaults", None)
+    if defaults is None:
+        return cfg, {}
+    selections = OmegaConf.to_container(defaults)
+    if not isinstance(selections, dict) or not set(selections) <= set(GROUPS):
+        raise ConfigError(f"{source}: defaults must map groups ({', '.join(GROUPS)}) to config names")
+    return cfg, {k: str(v) for k, v in selections.items()}
+
+
 def load_config(overrides: list[str] | None = None, config_dir: str | Path | None = None) -> DictConfig:
-    """Compose a TrainConfig from `train.yaml`, group selections and overrides.
+    """Compose a TrainConfig; later sources win:
+
+    schema defaults → `train.yaml` → `model/NAME.yaml` → `data/NAME.yaml` →
+    `experiment/NAME.yaml` → `key=value` overrides. Group names come from the
+    command line (`model=genesis`), else the experiment's `defaults:`, else
+    `train.yaml`'s `defaults:`.
 
     Args:
-        overrides: e.g. `["model=genesis", "data=shapestacks", "optim.lr=1e-4"]`;
-            `group=name` items pick config files, `a.b=value` items set values.
+        overrides: e.g. `["model=genesis", "data=shapestacks", "optim.lr=1e-4"]`.
     Returns: a validated, read-only DictConfig with the TrainConfig schema.
     """
     config_dir = Path(config_dir) if config_dir else CONFIG_DIR
-    cfg = OmegaConf.structured(TrainConfig)
-    base = config_dir / "train.yaml"
-    groups: dict[str, str] = {}
+    cli_groups: dict[str, str] = {}
     values: list[str] = []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-4 or model=genesis)")
         key, value = item.split("=", 1)
         if "." not in key and key in GROUPS:
-            groups[key] = value
+            cli_groups[key] = value
         elif "." not in key and key in TrainConfig.__dataclass_fields__:
             raise ConfigError(f"override {item!r}: {key} is a section; set one of its keys, e.g. {key}.<key>=value")
         else:
             values.append(item)
-    if base.exists():
-        file_cfg = _load_yaml(base)
-        defaults = OmegaConf.to_container(file_cfg.pop("defaults", OmegaConf.create({})))
-        for group, name in (defaults or {}).items():
-            groups.setdefault(group, name)
-        cfg = _merge(cfg, file_cfg, str(base))
-    for group in GROUPS:
+    base_path = config_dir / "train.yaml"
+    base, groups = (_split_defaults(_load_yaml(base_path), str(base_path)) if base_path.exists()
+                    else (OmegaConf.create({}), {}))
+    groups.update({k: v for k, v in cli_groups.items() if k == "experiment"})
+    experiment = None
+    if "experiment" in groups:
+        experiment, experiment_groups = _split_defaults(
+            _group_file("experiment", groups["experiment"], config_dir), f"experiment={groups['experiment']}"
+        )
+        groups.update(experiment_groups)
+    groups.update(cli_groups)
+    cfg = _merge(OmegaConf.structured(TrainConfig), base, str(base_path))
+    for group in ("model", "data"):
         if group in groups:
             cfg = _merge(cfg, _group_file(group, groups[group], config_dir), f"{group}={groups[group]}")
+    if experiment is not None:
+        cfg = _merge(cfg, experiment, f"experiment={groups['experiment']}")
     try:
         dotlist = OmegaConf.from_dotlist(values)
     except OmegaConfBaseException as err:

@@ -140,3 +140,27 @@ def train(
         if on_step is not None:
             on_step(step, metrics)
     return history
+
+
+@torch.no_grad()
+def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, float]:
+    """Held-out scores of one batch (eval mode): err, kl, elbo in nats per image and,
+    when ground-truth label maps `masks [B, H, W]` are given, foreground ARI of the
+    decoder masks (and of the IC-SBP attention masks, for GENESIS-V2)."""
+    from .metrics import ari
+
+    was_training = model.training
+    model.eval()
+    out = model(images)
+    model.train(was_training)
+    scores = {
+        "err": float(out.err.mean()),
+        "kl": float(out.kl.mean()),
+        "elbo": float(out.elbo.mean()),
+    }
+    if masks is not None:
+        masks = masks.to(images.device)
+        scores["ari_fg"] = float(ari(masks, out.log_masks.argmax(dim=1)[:, 0]).nanmean())
+        if out.log_att_masks is not None:
+            scores["ari_fg_att"] = float(ari(masks, out.log_att_masks.argmax(dim=1)[:, 0]).nanmean())
+    return scores
