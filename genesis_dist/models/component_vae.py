@@ -1,0 +1,90 @@
+"""MONet's component VAE (Burgess et al. 2019), the second stage of GENESIS, and
+the conditional component prior p(z^c_k | z^m_k) (GENESIS Eq. 5).
+
+All slots run through these modules in one batched call: callers flatten
+`[B, K, …]` to `[B·K, …]`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import spatial_broadcast
+from .distributions import full_precision, posterior_sigma, prior_sigma
+
+
+class ComponentEncoder(nn.Module):
+    """q(z^c_k | x, m_k): `[log m_k, x]` → 4 × (Conv3×3 stride 2, ELU) with
+    filters (32, 32, 64, 64) → Linear 256, ELU → Linear to (μ, σ).
+
+    Args of forward: x `[N, 3, H, W]`, log_mask `[N, 1, H, W]`.
+    Returns: (mean, std), each `[N, latent_dim]`.
+    """
+
+    def __init__(self, img_size: int, latent_dim: int = 16, in_ch: int = 3, filters: int = 32, hidden: int = 256):
+        super().__init__()
+        if img_size % 16:
+            raise ValueError(f"the component encoder needs an image size divisible by 16, got {img_size}")
+        chans = (in_ch + 1, filters, filters, 2 * filters, 2 * filters)
+        convs: list[nn.Module] = []
+        for i, o in zip(chans[:-1], chans[1:]):
+            convs += [nn.Conv2d(i, o, 3, stride=2, padding=1), nn.ELU(inplace=True)]
+        self.convs = nn.Sequential(*convs)
+        self.mlp = nn.Sequential(
+            nn.Linear(chans[-1] * (img_size // 16) ** 2, hidden),
+            nn.ELU(inplace=True),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+
+    def forward(self, x: torch.Tensor, log_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.convs(torch.cat([log_mask, x], dim=1))
+        mean, raw = self.mlp(h.flatten(1)).chunk(2, dim=-1)
+        return mean, posterior_sigma(raw)
+
+
+class ComponentDecoder(nn.Module):
+    """Spatial broadcast decoder (Watters et al. 2019) as in MONet: z tiled over
+    `(H + 2L)²` with 2 coordinate channels, L = 4 unpadded Conv3×3 (ELU), Conv1×1.
+
+    Maps `[N, latent_dim]` → `[N, out_ch, H, W]` pre-activation (apply sigmoid for RGB).
+    """
+
+    def __init__(self, img_size: int, latent_dim: int, out_ch: int = 3, filters: int = 32, num_layers: int = 4):
+        super().__init__()
+        self.broadcast_size = img_size + 2 * num_layers
+        self.first = nn.Conv2d(latent_dim + 2, filters, 3)
+        rest: list[nn.Module] = [nn.ELU(inplace=True)]
+        for _ in range(num_layers - 1):
+            rest += [nn.Conv2d(filters, filters, 3), nn.ELU(inplace=True)]
+        rest.append(nn.Conv2d(filters, out_ch, 1))
+        self.rest = nn.Sequential(*rest)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        size = self.broadcast_size
+        return self.rest(self.first(spatial_broadcast(z, size, size)))
+
+
+class ComponentPrior(nn.Module):
+    """p(z^c_k | z^m_k) = N(tanh(μ), prior_sigma(σ_raw)) from an MLP
+    `mask_latent_dim → 256 → 256 → 2·latent_dim` with ELU (GENESIS Eq. 5).
+
+    Maps `[..., mask_latent_dim]` → (mean, std), each `[..., latent_dim]`.
+    """
+
+    def __init__(self, mask_latent_dim: int = 64, latent_dim: int = 16, hidden: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(mask_latent_dim, hidden), nn.ELU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ELU(inplace=True),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+
+    def forward(self, z_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean_raw, std_raw = self.mlp(z_mask).chunk(2, dim=-1)
+        return torch.tanh(mean_raw), prior_sigma(std_raw)
+
+
+def decode_rgb(decoder: ComponentDecoder, z: torch.Tensor) -> torch.Tensor:
+    """Decode slot latents `[B, K, D]` in one call → RGB components `[B, K, 3, H, W]` in [0, 1]."""
+    out = full_precision(decoder(z.flatten(0, 1)))
+    return torch.sigmoid(out).unflatten(0, z.shape[:2])
