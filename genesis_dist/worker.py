@@ -43,11 +43,25 @@ def _heldout_batch(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor,
     return batch["image"].to(device), None if masks is None else masks.to(device)
 
 
-def _append_jsonl(url: str, record: dict[str, Any], storage_options: dict | None) -> None:
+def _read_history(url: str, storage_options: dict | None, upto_step: int) -> list[dict[str, Any]]:
+    """Records of `metrics.jsonl` up to `upto_step` (a resumed run drops later ones)."""
     fs, path = filesystem(url, storage_options)
-    existing = fs.cat_file(path).decode() if fs.exists(path) else ""
+    if not fs.exists(path):
+        return []
+    records = [json.loads(line) for line in fs.cat_file(path).decode().splitlines() if line.strip()]
+    return [r for r in records if r.get("step", 0) <= upto_step]
+
+
+def _write_history(url: str, records: list[dict[str, Any]], storage_options: dict | None) -> None:
+    fs, path = filesystem(url, storage_options)
     with fs.open(path, "w") as f:
-        f.write(existing + json.dumps(record) + "\n")
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _isolated_rng(device: torch.device):
+    """Evaluation and figures draw random numbers without moving the training RNG,
+    so a resumed run sees exactly the noise an uninterrupted run would."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def _maybe_inject_failure(cfg: DictConfig, step: int, rank: int, world: int, run_url: str) -> None:
@@ -114,6 +128,8 @@ def train_worker(config: dict[str, Any]) -> None:
     ddp_model = ray.train.torch.prepare_model(model)
     logger = RunLogger(run_url, storage_options) if rank == 0 else None
     heldout = _heldout_batch(cfg, device) if rank == 0 else None
+    history_url = join(run_url, "metrics.jsonl")
+    history = _read_history(history_url, storage_options, start_step) if rank == 0 else []
     batches = _forever(loader)
     total = cfg.optim.steps
     window_start, window_images = time.perf_counter(), 0
@@ -134,6 +150,7 @@ def train_worker(config: dict[str, Any]) -> None:
             metrics["step"] = step
             window_start, window_images = time.perf_counter(), 0
             if logger is not None:
+                history.append(dict(metrics))
                 logger.scalars(step, {k: v for k, v in metrics.items() if k != "step"})
                 print(
                     f"[genesis-dist] step {step}/{total} err {metrics['err']:.1f} kl {metrics['kl']:.1f} "
@@ -141,10 +158,14 @@ def train_worker(config: dict[str, Any]) -> None:
                     flush=True,
                 )
         if logger is not None and (step % cfg.run.image_every == 0 or step == total):
-            _write_figures(model, heldout, logger, run_url, step, storage_options,
-                           decomposition_grid, generation_steps_figure, save_png)
+            with _isolated_rng(device):
+                _write_figures(model, heldout, logger, run_url, step, storage_options,
+                               decomposition_grid, generation_steps_figure, save_png)
         if is_checkpoint:
-            eval_scores = evaluate_batch(model, *heldout) if rank == 0 else {}
+            eval_scores = {}
+            if rank == 0:
+                with _isolated_rng(device):
+                    eval_scores = evaluate_batch(model, *heldout)
             score = eval_scores.get("elbo")
             improved = score is not None and (best is None or score > best)
             best = score if improved else best
@@ -163,7 +184,8 @@ def train_worker(config: dict[str, Any]) -> None:
                     save_checkpoint(folder, state, meta)
                     if improved:
                         save_checkpoint(join(run_url, "best"), state, meta, storage_options)
-                    _append_jsonl(join(run_url, "metrics.jsonl"), {"step": step, **metrics, **{f"eval_{k}": v for k, v in eval_scores.items()}}, storage_options)
+                    history[-1].update({f"eval_{k}": v for k, v in eval_scores.items()})
+                    _write_history(history_url, history, storage_options)
                     logger.scalars(step, eval_scores, prefix="heldout")
                     logger.flush()
                 torch.save({"rng": rng_state(), "data": loader.state_dict()}, os.path.join(folder, _worker_file(rank)))

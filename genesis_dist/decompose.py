@@ -1,0 +1,87 @@
+"""`python -m genesis_dist.decompose CHECKPOINT IMAGE… [--out DIR]`: scene decompositions
+of your own images.
+
+For every image (any size; resized so the shorter side matches the model, then
+centre-cropped) writes `<name>_decomposition.png` (input, reconstruction,
+segmentation, masked components) and `<name>_mask_<k>.png` /
+`<name>_component_<k>.png` for each slot. CHECKPOINT is a checkpoint folder
+(local or s3://) written by `genesis_dist.train`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .models import build_model
+
+
+class ImageError(ValueError):
+    """An input image can't be read; the message names the file."""
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """Read an image file as float `[3, size, size]` in [0, 1]: shorter side resized
+    to `size` (bilinear), then centre-cropped."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ImageError(f"{path}: not a readable image ({err.__class__.__name__})") from None
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def load_model(checkpoint: str) -> torch.nn.Module:
+    """The model stored in a checkpoint folder, in eval mode on the CPU."""
+    state, meta = load_checkpoint(checkpoint)
+    model = build_model(meta["config"]["model"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genesis_dist.decompose", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="checkpoint folder (local path or s3:// URL)")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, …)")
+    parser.add_argument("--out", default="decompositions", help="output folder (default: ./decompositions)")
+    args = parser.parse_args(argv)
+    from .figures import decomposition_grid, save_png
+
+    try:
+        model = load_model(args.checkpoint)
+        size = model.img_size
+        images = torch.stack([load_image(p, size) for p in args.images])
+    except (CheckpointError, ImageError) as err:
+        print(f"decompose: error: {err}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    with torch.no_grad():
+        out = model(images)
+    for i, path in enumerate(args.images):
+        stem = Path(path).stem
+        sl = slice(i, i + 1)
+        save_png(decomposition_grid(images[sl], out.recon[sl], out.log_masks[sl], out.components[sl]),
+                 os.path.join(args.out, f"{stem}_decomposition.png"))
+        for k in range(out.log_masks.shape[1]):
+            save_png(out.log_masks[i, k].exp().expand(3, -1, -1), os.path.join(args.out, f"{stem}_mask_{k}.png"))
+            save_png(out.components[i, k], os.path.join(args.out, f"{stem}_component_{k}.png"))
+        print(f"{path}: {out.log_masks.shape[1]} slots → {args.out}/{stem}_*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
