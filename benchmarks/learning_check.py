@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from genesis_dist.config import ObjectiveConfig
-from genesis_dist.loop import make_objective, seed_everything, train_step
+from genesis_dist.loop import make_objective, seed_everything, train_step, use_channels_last
 from genesis_dist.metrics import ari
 from genesis_dist.models import GenesisV2, count_parameters
 
@@ -69,6 +69,8 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--beta-min", type=float, default=1e-10, help="GECO's lower clamp on β")
+    parser.add_argument("--nchw", action="store_true", help="keep NCHW activations (default: channels-last)")
     parser.add_argument("--json", help="write the curve here")
     args = parser.parse_args()
 
@@ -78,11 +80,15 @@ def main() -> int:
     size = 32
     held_out_images, held_out_labels = squares_dataset(64, size, np.random.default_rng(10_000 + args.seed))
     model = GenesisV2(img_size=size, num_slots=args.slots, kernel=args.kernel)
-    objective = make_objective(ObjectiveConfig(), size)
+    channels_last = not args.nchw
+    if channels_last:
+        use_channels_last(model)
+    objective = make_objective(ObjectiveConfig(beta_min=args.beta_min), size)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     print(
         f"GENESIS-V2 {count_parameters(model):,} params, K={args.slots}, batch {args.batch_size}, "
-        f"lr {args.lr}, GECO goal {objective.goal:.0f} nats, {args.threads} threads"
+        f"lr {args.lr}, GECO goal {objective.goal:.0f} nats, β_min {args.beta_min:g}, {args.threads} threads, "
+        f"{'NCHW' if args.nchw else 'channels-last'}"
     )
     print(f"{'step':>6} {'sec':>7} {'err':>8} {'goal':>6} {'kl':>7} {'beta':>8} {'ARI-FG dec':>10} {'ARI-FG att':>10}")
     curve = []
@@ -92,7 +98,7 @@ def main() -> int:
     step = 0
     while step < args.max_steps and time.perf_counter() < deadline:
         images, _ = squares_dataset(args.batch_size, size, rng)
-        recent.append(train_step(model, objective, optimizer, images))
+        recent.append(train_step(model, objective, optimizer, images, channels_last=channels_last))
         step += 1
         if step % args.eval_every == 0:
             dec, att = foreground_ari(model, held_out_images, held_out_labels)

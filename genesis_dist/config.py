@@ -64,6 +64,7 @@ class OptimConfig:
     steps: int = 500_000
     grad_clip: Optional[float] = None  # max global gradient norm
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
 
 
 @dataclass

@@ -55,6 +55,12 @@ def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Store 4-D weights channels-last (NHWC): faster convolutions on CPU (oneDNN) and GPU.
+    Pass `channels_last=True` to `train_step` so the inputs match."""
+    return model.to(memory_format=torch.channels_last)
+
+
 def train_step(
     model: nn.Module,
     objective: GECO | BetaELBO,
@@ -64,13 +70,18 @@ def train_step(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """One optimisation step on `images` `[B, 3, H, W]` in [0, 1].
+
+    `channels_last`: feed NHWC images (pair with `use_channels_last(model)`).
 
     Returns scalars (nats per image): loss, err, kl, elbo, beta (after this
     step's GECO update), grad_norm, and any auxiliary losses.
     """
     model.train()
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, precision):
         out = model(images)
     err = out.err.float()
@@ -119,6 +130,7 @@ def train(
     *,
     precision: str = "fp32",
     grad_clip: float | None = None,
+    channels_last: bool = False,
     start_step: int = 0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
@@ -133,7 +145,8 @@ def train(
     for step in range(start_step + 1, steps + 1):
         images = next(batches).to(device, non_blocking=True)
         metrics = train_step(
-            model, objective, optimizer, images, precision=precision, scaler=scaler, grad_clip=grad_clip
+            model, objective, optimizer, images, precision=precision, scaler=scaler, grad_clip=grad_clip,
+            channels_last=channels_last,
         )
         metrics["step"] = step
         history.append(metrics)

@@ -6,6 +6,7 @@ DDP, a per-rank data split, per-rank RNG and data positions in checkpoints.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,9 +18,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .loop import evaluate_batch, make_grad_scaler, make_objective, seed_everything, train_step
+from .loop import evaluate_batch, make_grad_scaler, make_objective, seed_everything, train_step, use_channels_last
 from .models import build_model
 from .storage import filesystem, join
+
+
+def parameters_digest(model: torch.nn.Module) -> str:
+    """sha256 of all parameter bytes, in registration order."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def checkpoint_name(step: int) -> str:
@@ -94,6 +103,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     model = build_model(cfg.model).to(device)  # same initial weights on every rank
+    if cfg.optim.channels_last:
+        use_channels_last(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     objective = make_objective(cfg.objective, cfg.model.img_size)
     scaler = make_grad_scaler(device, cfg.optim.precision)
@@ -140,6 +151,7 @@ def train_worker(config: dict[str, Any]) -> None:
         metrics = train_step(
             ddp_model, objective, optimizer, images,
             precision=cfg.optim.precision, scaler=scaler, grad_clip=cfg.optim.grad_clip,
+            channels_last=cfg.optim.channels_last,
         )
         window_images += images.shape[0]
         is_checkpoint = step % cfg.run.checkpoint_every == 0 or step == total
@@ -188,7 +200,12 @@ def train_worker(config: dict[str, Any]) -> None:
                     _write_history(history_url, history, storage_options)
                     logger.scalars(step, eval_scores, prefix="heldout")
                     logger.flush()
-                torch.save({"rng": rng_state(), "data": loader.state_dict()}, os.path.join(folder, _worker_file(rank)))
+                worker_state = {
+                    "rng": rng_state(), "data": loader.state_dict(),
+                    # Lets anyone check that DDP kept every rank identical.
+                    "beta": objective.beta, "params_sha256": parameters_digest(model),
+                }
+                torch.save(worker_state, os.path.join(folder, _worker_file(rank)))
                 ray.train.report(
                     {**metrics, **{f"eval_{k}": v for k, v in eval_scores.items()}},
                     checkpoint=Checkpoint.from_directory(folder),
