@@ -21,7 +21,7 @@ import torch
 
 from genesis_dist.config import ObjectiveConfig
 from genesis_dist.loop import make_objective, seed_everything, train_step, use_channels_last
-from genesis_dist.metrics import ari
+from genesis_dist.metrics import ari, masks_to_labels
 from genesis_dist.models import GenesisV2, count_parameters
 
 PALETTE = np.array([0, 63, 127, 191, 255], dtype=np.float32) / 255.0
@@ -52,8 +52,8 @@ def foreground_ari(model: GenesisV2, images: torch.Tensor, labels: torch.Tensor)
     model.eval()
     out = model(images)
     model.train()
-    decoder = ari(labels, out.log_masks.argmax(dim=1)[:, 0], foreground_only=True)
-    attention = ari(labels, out.log_att_masks.argmax(dim=1)[:, 0], foreground_only=True)
+    decoder = ari(labels, masks_to_labels(out.log_masks), foreground_only=True)
+    attention = ari(labels, masks_to_labels(out.log_att_masks), foreground_only=True)
     return float(decoder.nanmean()), float(attention.nanmean())
 
 

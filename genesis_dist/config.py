@@ -113,6 +113,24 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+@dataclass
+class EvalConfig:
+    """`python -m genesis_dist.evaluate`: the evaluation actor pool (configs/eval.yaml)."""
+
+    run: str = ""  # run folder URL: {run.storage_path}/{run.name}
+    watch: bool = False  # keep polling for new checkpoints until the run writes finished.json
+    poll_seconds: float = 30.0
+    actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    batch_size: int = 64
+    fid_samples: int = 10_000  # model samples vs as many test images (papers: 10,000)
+    segmentation_images: int = 320  # papers: 320 test images
+    stop_pixels: Optional[float] = None  # flexible number of slots (GENESIS-V2)
+    stats_cache: str = "~/.cache/genesis_dist/fid"  # test-set FID statistics, keyed by manifest sha256
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
 CHOICES = {
     "model.name": ("genesis_v2", "genesis", "genesis_s"),
     "model.kernel": ("gaussian", "laplacian", "epanechnikov"),
@@ -240,6 +258,34 @@ def load_config(overrides: list[str] | None = None, config_dir: str | Path | Non
         raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
     cfg = _merge(cfg, dotlist, "override")
     validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def load_eval_config(overrides: list[str] | None = None, config_dir: str | Path | None = None) -> DictConfig:
+    """EvalConfig from `configs/eval.yaml` plus `key=value` overrides (one-line errors)."""
+    config_dir = Path(config_dir) if config_dir else CONFIG_DIR
+    cfg = OmegaConf.structured(EvalConfig)
+    path = config_dir / "eval.yaml"
+    if path.exists():
+        cfg = _merge(cfg, _load_yaml(path), str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. actors=4)")
+    try:
+        dotlist = OmegaConf.from_dotlist(list(overrides or []))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
+    try:
+        cfg = OmegaConf.merge(cfg, dotlist)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(err).splitlines()[0]
+        if isinstance(err, ConfigKeyError):
+            msg = f"unknown key; allowed: {', '.join(OmegaConf.structured(EvalConfig).keys())}"
+        raise ConfigError(f"override: {key}: {msg}") from None
+    if cfg.actors < 1:
+        raise ConfigError(f"actors={cfg.actors}: must be ≥ 1")
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -160,7 +160,7 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor |
     """Held-out scores of one batch (eval mode): err, kl, elbo in nats per image and,
     when ground-truth label maps `masks [B, H, W]` are given, foreground ARI of the
     decoder masks (and of the IC-SBP attention masks, for GENESIS-V2)."""
-    from .metrics import ari
+    from .metrics import ari, masks_to_labels
 
     was_training = model.training
     model.eval()
@@ -173,7 +173,7 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor |
     }
     if masks is not None:
         masks = masks.to(images.device)
-        scores["ari_fg"] = float(ari(masks, out.log_masks.argmax(dim=1)[:, 0]).nanmean())
+        scores["ari_fg"] = float(ari(masks, masks_to_labels(out.log_masks)).nanmean())
         if out.log_att_masks is not None:
-            scores["ari_fg_att"] = float(ari(masks, out.log_att_masks.argmax(dim=1)[:, 0]).nanmean())
+            scores["ari_fg_att"] = float(ari(masks, masks_to_labels(out.log_att_masks)).nanmean())
     return scores

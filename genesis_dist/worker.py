@@ -215,6 +215,9 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
     if logger is not None:
         logger.close()
+        # Marks the run complete for `genesis_dist.evaluate --watch`.
+        fs, path = filesystem(join(run_url, "finished.json"), storage_options)
+        fs.pipe_file(path, json.dumps({"step": total}).encode())
 
 
 def _forever(loader):
