@@ -1,0 +1,1 @@
+"""One converter per dataset: raw source files → samples at the papers' preprocessing."""

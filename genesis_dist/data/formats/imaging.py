@@ -1,0 +1,56 @@
+"""Image operations shared by the converters (PIL-backed; arrays in, arrays out).
+
+Images are uint8 [H, W, 3]; label maps uint8 [H, W]. Images resize bilinearly,
+label maps with nearest neighbour (a label must never be blended into another).
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..fs import filesystem
+
+
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """Contents of a local path or fsspec URL."""
+    fs, path = filesystem(url, storage_options)
+    return fs.cat_file(path)
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Encoded image (PNG, JPEG, ...) → uint8 [H, W, 3]."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def decode_any(data: bytes) -> np.ndarray:
+    """Encoded image → array in its own mode (e.g. [H,W] for 8/16-bit grey, [H,W,4] for RGBA)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)
+
+
+def resize(array: np.ndarray, width: int, height: int, *, labels: bool = False) -> np.ndarray:
+    """Resize to width × height: bilinear for images, nearest for label maps (`labels=True`)."""
+    if array.shape[1] == width and array.shape[0] == height:
+        return array
+    method = Image.NEAREST if labels else Image.BILINEAR
+    return np.asarray(Image.fromarray(array).resize((width, height), method))
+
+
+def crop(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """array[top:top+height, left:left+width], checked to lie inside the image."""
+    if top < 0 or left < 0 or top + height > array.shape[0] or left + width > array.shape[1]:
+        raise ValueError(f"crop {height}x{width}+{top}+{left} outside a {array.shape[0]}x{array.shape[1]} image")
+    return array[top: top + height, left: left + width]
+
+
+def shorter_side_centre_crop(array: np.ndarray, size: int, *, labels: bool = False) -> np.ndarray:
+    """Resize so the shorter side is `size` (aspect kept), then take the centre size × size."""
+    height, width = array.shape[:2]
+    scale = size / min(height, width)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = resize(array, new_w, new_h, labels=labels)
+    return crop(resized, (new_h - size) // 2, (new_w - size) // 2, size, size)

@@ -1,0 +1,133 @@
+"""Reading shards: raw samples out of a WebDataset tar, and decoding them to arrays.
+
+A raw sample is `{"__key__": str, "image.png": bytes, "mask.png": bytes, "meta.json": bytes}`
+(the tar members `{key}.{ext}` grouped by key; the key ends at the first dot).
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zlib
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .fs import open_for_read
+
+
+class ShardCorrupt(Exception):
+    """A shard is unreadable, truncated, or malformed (`reason` says how)."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{url}: {reason}")
+        self.url, self.reason = url, reason
+
+
+class SampleCorrupt(Exception):
+    """A sample cannot be decoded."""
+
+
+def _split_member_name(name: str) -> tuple[str, str]:
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot:
+        raise ValueError(f"tar member {name!r} has no extension")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def iter_tar_samples(stream, url: str) -> Iterator[dict[str, Any]]:
+    """Raw samples of the tar `stream`, in file order. Raises ShardCorrupt on a bad archive."""
+    current: dict[str, Any] | None = None
+    try:
+        archive = tarfile.open(fileobj=stream, mode="r|")
+        for member in archive:
+            if not member.isreg():
+                continue
+            key, ext = _split_member_name(member.name)
+            data = archive.extractfile(member).read()
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key}
+            if ext in current:
+                raise ShardCorrupt(url, f"duplicate member {member.name}")
+            current[ext] = data
+            archive.members = []  # streaming: don't keep every TarInfo
+    except (tarfile.TarError, EOFError, ValueError, zlib.error) as error:
+        raise ShardCorrupt(url, f"unreadable tar ({type(error).__name__}: {error})") from None
+    if current is not None:
+        yield current
+
+
+def read_shard(url: str, storage_options: dict[str, Any] | None = None, start: int = 0,
+               stop: int | None = None, expected: int | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples `start..stop-1` (by position) of the shard at `url`.
+
+    Opening and reading are retried on transient storage errors. Raises ShardCorrupt
+    when the shard is missing, malformed, or holds fewer samples than `expected`
+    (tarfile treats a damaged header after the first as the end of the archive, so
+    the count is what reveals truncation).
+    """
+    stop = expected if stop is None else stop
+    try:
+        stream = open_for_read(url, storage_options)
+    except FileNotFoundError:
+        raise ShardCorrupt(url, "missing") from None
+    position = -1
+    with stream:
+        for position, sample in enumerate(iter_tar_samples(stream, url)):
+            if stop is not None and position >= stop:
+                return
+            if position >= start:
+                yield sample
+    found = position + 1
+    if stop is not None and found < stop:
+        raise ShardCorrupt(url, f"truncated: {found} of {expected or stop} samples readable")
+
+
+def decode_image(data: bytes, resolution: int | None = None) -> np.ndarray:
+    """PNG bytes → uint8 [H, W, 3]."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        array = np.asarray(image)
+    if resolution is not None and array.shape[:2] != (resolution, resolution):
+        raise SampleCorrupt(f"image is {array.shape[1]}x{array.shape[0]}, expected {resolution}x{resolution}")
+    return array
+
+
+def decode_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """8-bit label PNG → uint8 [H, W] (0 = background)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode not in ("L", "P"):
+            raise SampleCorrupt(f"mask mode {image.mode}, expected 8-bit labels")
+        array = np.asarray(image)
+    if array.shape != shape:
+        raise SampleCorrupt(f"mask is {array.shape}, image is {shape}")
+    return array
+
+
+def decode_sample(raw: dict[str, Any], resolution: int | None, has_mask: bool) -> dict[str, Any]:
+    """Raw sample → {"key", "image": uint8 [H,W,3], "mask": uint8 [H,W] (if has_mask), "meta": dict}.
+
+    Raises SampleCorrupt naming what is wrong.
+    """
+    key = raw.get("__key__", "?")
+    try:
+        if "image.png" not in raw:
+            raise SampleCorrupt("no image.png")
+        image = decode_image(raw["image.png"], resolution)
+        sample = {"key": key, "image": image}
+        if has_mask:
+            if "mask.png" not in raw:
+                raise SampleCorrupt("no mask.png")
+            sample["mask"] = decode_mask(raw["mask.png"], image.shape[:2])
+        sample["meta"] = json.loads(raw["meta.json"]) if "meta.json" in raw else {}
+        return sample
+    except SampleCorrupt:
+        raise
+    except Exception as error:  # noqa: BLE001 - any decoder failure means a corrupt sample
+        raise SampleCorrupt(f"{type(error).__name__}: {error}") from None
