@@ -7,10 +7,12 @@ All slots run through these modules in one batched call: callers flatten
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .blocks import spatial_broadcast
+from .blocks import coordinate_grid, spatial_broadcast
 from .distributions import full_precision, posterior_sigma, prior_sigma
+from .gated import PointwiseConv
 
 
 class ComponentEncoder(nn.Module):
@@ -37,7 +39,7 @@ class ComponentEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, log_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.convs(torch.cat([log_mask, x], dim=1))
+        h = self.convs(torch.cat([log_mask, x], dim=1).contiguous(memory_format=torch.channels_last))
         mean, raw = self.mlp(h.flatten(1)).chunk(2, dim=-1)
         return mean, posterior_sigma(raw)
 
@@ -56,10 +58,32 @@ class ComponentDecoder(nn.Module):
         rest: list[nn.Module] = [nn.ELU(inplace=True)]
         for _ in range(num_layers - 1):
             rest += [nn.Conv2d(filters, filters, 3), nn.ELU(inplace=True)]
-        rest.append(nn.Conv2d(filters, out_ch, 1))
+        rest.append(PointwiseConv(filters, out_ch))
         self.rest = nn.Sequential(*rest)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.rest(self._first_layer(z))
+
+    def _first_layer(self, z: torch.Tensor) -> torch.Tensor:
+        """`self.first(spatial_broadcast(z))` without building the broadcast.
+
+        The conv has no padding, so every window sees the same tiled z: its z part
+        is a linear map of z (kernel summed over space), and its coordinate part
+        is the same for every slot and computed once. `[N, D]` → `[N, F, H+2L-2, W+2L-2]`.
+        """
+        size = self.broadcast_size
+        d = z.shape[1]
+        coords = coordinate_grid(size, size, z).unsqueeze(0)
+        coord_part = F.conv2d(coords, self.first.weight[:, d:], self.first.bias)
+        z_part = F.linear(z, self.first.weight[:, :d].sum(dim=(2, 3)))
+        # Add in NHWC so that the backward's sum over slots is over a contiguous
+        # leading dim (summing dim 0 of a channels_last tensor is very slow on CPU);
+        # the permuted result is channels_last.
+        out = coord_part[0].permute(1, 2, 0).contiguous().unsqueeze(0) + z_part[:, None, None, :].to(coord_part.dtype)
+        return out.permute(0, 3, 1, 2)
+
+    def reference_forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The same map computed literally on the broadcast grid (for tests)."""
         size = self.broadcast_size
         return self.rest(self.first(spatial_broadcast(z, size, size)))
 
@@ -86,5 +110,5 @@ class ComponentPrior(nn.Module):
 
 def decode_rgb(decoder: ComponentDecoder, z: torch.Tensor) -> torch.Tensor:
     """Decode slot latents `[B, K, D]` in one call → RGB components `[B, K, 3, H, W]` in [0, 1]."""
-    out = full_precision(decoder(z.flatten(0, 1)))
+    out = full_precision(decoder(z.flatten(0, 1))).contiguous()
     return torch.sigmoid(out).unflatten(0, z.shape[:2])

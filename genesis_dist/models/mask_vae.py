@@ -80,7 +80,7 @@ class MaskVAE(nn.Module):
         """Decode all K latents `[B, K, D]` in one batch (so BatchNorm sees every
         slot) and stick-break → log masks `[B, K, 1, H, W]` (float32 or wider)."""
         b, k, _ = z.shape
-        logits = full_precision(self.decoder(z.flatten(0, 1))).unflatten(0, (b, k))
+        logits = full_precision(self.decoder(z.flatten(0, 1))).contiguous().unflatten(0, (b, k))
         if k == 1:
             return torch.zeros_like(logits)
         # The K-th logit is unused: the last mask is the remaining scope.
