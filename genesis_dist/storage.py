@@ -2,32 +2,20 @@
 
 S3 endpoints and credentials come from the standard AWS chain; an S3-compatible
 store is reached by setting `AWS_ENDPOINT_URL` (or passing `storage_options`,
-e.g. `{"client_kwargs": {"endpoint_url": ...}}`).
+e.g. `{"client_kwargs": {"endpoint_url": ...}}`). `filesystem` and `join` are the
+data layer's, so shards and runs resolve URLs the same way.
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
-import fsspec
-
-
-def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path without scheme) for `url`."""
-    options = dict(storage_options or {})
-    if url.startswith("s3://") and "AWS_ENDPOINT_URL" in os.environ:
-        options.setdefault("client_kwargs", {}).setdefault("endpoint_url", os.environ["AWS_ENDPOINT_URL"])
-    return fsspec.core.url_to_fs(url, **options)
+from .data.fs import filesystem, join  # noqa: F401  (one implementation for data and runs)
 
 
 def is_remote(url: str) -> bool:
     """True for object stores (anything with a scheme other than file://)."""
     return "://" in url and not url.startswith("file://")
-
-
-def join(url: str, *parts: str) -> str:
-    """Join URL path parts with '/' (for local paths too)."""
-    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def ray_storage(url: str, storage_options: dict[str, Any] | None = None):

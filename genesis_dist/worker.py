@@ -141,7 +141,7 @@ def train_worker(config: dict[str, Any]) -> None:
     heldout = _heldout_batch(cfg, device) if rank == 0 else None
     history_url = join(run_url, "metrics.jsonl")
     history = _read_history(history_url, storage_options, start_step) if rank == 0 else []
-    batches = _forever(loader)
+    batches = loader.forever()
     total = cfg.optim.steps
     window_start, window_images = time.perf_counter(), 0
     metrics: dict[str, float] = {}
@@ -218,11 +218,6 @@ def train_worker(config: dict[str, Any]) -> None:
         # Marks the run complete for `genesis_dist.evaluate --watch`.
         fs, path = filesystem(join(run_url, "finished.json"), storage_options)
         fs.pipe_file(path, json.dumps({"step": total}).encode())
-
-
-def _forever(loader):
-    while True:
-        yield from loader
 
 
 def _write_figures(model, heldout, logger, run_url, step, storage_options, decomposition_grid, generation_steps_figure, save_png):
