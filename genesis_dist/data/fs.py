@@ -83,8 +83,12 @@ class RetryPolicy:
         return min(self.max_delay, self.base_delay * 2**attempt)
 
 
-def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy = RetryPolicy()) -> T:
+DEFAULT_RETRY = RetryPolicy()
+
+
+def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy | None = None) -> T:
     """Run `action`, retrying transient errors with backoff; raise StorageError when they persist."""
+    policy = policy or DEFAULT_RETRY
     for attempt in range(policy.attempts):
         try:
             return action()
@@ -102,9 +106,9 @@ class RetryingReader(io.RawIOBase):
     """A read-only stream that survives dropped connections: a failed read reopens
     the file, seeks back to the current offset and tries again (with backoff)."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, policy: RetryPolicy = RetryPolicy()):
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, policy: RetryPolicy | None = None):
         super().__init__()
-        self.url, self._options, self._policy = url, storage_options, policy
+        self.url, self._options, self._policy = url, storage_options, policy or DEFAULT_RETRY
         self._offset = 0
         self.retries = 0
         self._file = with_retries(self._open_at_offset, f"open {url}", policy)

@@ -97,6 +97,10 @@ class ShardFile:
         return self.count, sha
 
     def discard(self) -> None:
+        try:
+            self._tar.close()
+        except (OSError, ValueError):
+            pass
         self._file.close()
         if os.path.exists(self._tmp):
             os.unlink(self._tmp)

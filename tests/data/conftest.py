@@ -1,0 +1,36 @@
+"""Fixtures of the data-layer tests: the real raw samples in ../shared/data and small shard sets."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from data_helpers import REPO, SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real raw samples (read-only): sketchy/, apc/, shapestacks/."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: the repository expects shared/ beside it")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shard_cli():
+    """tools/shard.py as a module (its `main(argv)` runs the CLI in-process)."""
+    spec = importlib.util.spec_from_file_location("shard_cli", REPO / "tools" / "shard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def mds_shards(tmp_path_factory) -> str:
+    """A local Multi-dSprites set: train 240 images in 6 shards of 40, test 50 in 2 shards."""
+    from genesis_dist.data.formats import multi_dsprites
+
+    out = str(tmp_path_factory.mktemp("mds") / "shards")
+    multi_dsprites.convert(out, sizes={"train": 240, "test": 50}, shard_samples=40, progress=False)
+    return out
