@@ -97,7 +97,7 @@ def convert_dataset(converter: Converter, out_url: str, *, workers: int = 1, lim
     try:
         for split in converter.splits():
             old = (reusable or {}).get("splits", {}).get(split)
-            writer = _SplitWriter(converter, out_url, split, items_per_shard, pool, policy, storage_options)
+            writer = _SplitWriter(converter, out_url, split, items_per_shard, pool, workers, policy, storage_options)
             manifest["splits"][split] = writer.run(old, limit, manifest, progress)
         manifest["complete"] = True
         write_manifest(out_url, manifest, storage_options)
@@ -109,9 +109,9 @@ def convert_dataset(converter: Converter, out_url: str, *, workers: int = 1, lim
 
 
 class _SplitWriter:
-    def __init__(self, converter, out_url, split, items_per_shard, pool, policy, storage_options):
+    def __init__(self, converter, out_url, split, items_per_shard, pool, workers, policy, storage_options):
         self.converter, self.out_url, self.split = converter, out_url, split
-        self.items_per_shard, self.pool, self.policy = items_per_shard, pool, policy
+        self.items_per_shard, self.pool, self.workers, self.policy = items_per_shard, pool, workers, policy
         self.options = storage_options
 
     def run(self, old: dict[str, Any] | None, limit: int | None, manifest: dict[str, Any],
@@ -173,7 +173,7 @@ class _SplitWriter:
 
     def _converted(self, chunk: Iterator[SourceItem]) -> Iterator[tuple[SourceItem, tuple[str, Any]]]:
         """(item, result) in item order; a bounded window keeps source bytes in memory small."""
-        window = 1 if self.pool is None else 8 * self.pool._processes
+        window = 1 if self.pool is None else 8 * self.workers
         while True:
             batch = list(itertools.islice(chunk, window))
             if not batch:

@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 import fsspec
 
-from .errors import StorageError
+from .errors import DataError, StorageError
 
 log = logging.getLogger("genesis_dist.data")
 T = TypeVar("T")
@@ -50,7 +50,10 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     key = (os.getpid(), protocol, json.dumps(options, sort_keys=True))
     fs = _FILESYSTEMS.get(key)
     if fs is None:
-        fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
+        try:
+            fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
+        except ImportError as error:  # e.g. gs:// without gcsfs installed
+            raise DataError(f"{url}: {error}") from None
         _FILESYSTEMS[key] = fs
     path = url.removeprefix("file://") if protocol == "file" else fs._strip_protocol(url)
     return fs, path
