@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, load_config
-from .storage import aws_environment, filesystem, join, ray_storage
+from .storage import aws_environment, filesystem, is_remote, join, ray_storage
 
 
 def ensure_dataset(cfg: DictConfig) -> None:
@@ -46,6 +46,19 @@ def ensure_dataset(cfg: DictConfig) -> None:
         img_size=cfg.model.img_size,
         seed=cfg.run.seed,
     )
+
+
+def with_absolute_paths(cfg: DictConfig) -> DictConfig:
+    """Local `data.url` / `run.storage_path` made absolute: Ray workers run in
+    another working directory than the driver."""
+    cfg = cfg.copy()
+    OmegaConf.set_readonly(cfg, False)
+    for key in ("data.url", "run.storage_path"):
+        value = OmegaConf.select(cfg, key)
+        if not is_remote(value):
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value.removeprefix("file://"))))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
 
 
 def _init_ray() -> None:
@@ -94,6 +107,7 @@ def build_trainer(cfg: DictConfig):
 
 def run(cfg: DictConfig):
     """Train `cfg` to completion; returns Ray's Result."""
+    cfg = with_absolute_paths(cfg)
     ensure_dataset(cfg)
     _init_ray()
     result = build_trainer(cfg).fit()
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
-        cfg = load_config(argv)
+        cfg = with_absolute_paths(load_config(argv))
         print(OmegaConf.to_yaml(cfg), flush=True)
         result = run(cfg)
     except ConfigError as err:
