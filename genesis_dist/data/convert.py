@@ -182,7 +182,8 @@ class _SplitWriter:
             yield from zip(batch, results)
 
     def _remove_stale_shards(self, kept: int) -> None:
-        """Delete shards of this split beyond the current count (left by an earlier, larger run)."""
+        """Delete shards of this split beyond the current count (left by an earlier, larger run)
+        and temporary files of interrupted local writes."""
         fs, folder = filesystem(join(self.out_url, self.split), self.options)
         try:
             names = fs.ls(folder, detail=False)
@@ -191,5 +192,6 @@ class _SplitWriter:
         valid = {shard_name(self.split, i).rsplit("/", 1)[1] for i in range(kept)}
         for path in names:
             base = path.rstrip("/").rsplit("/", 1)[-1]
-            if base.startswith("shard-") and base.endswith(".tar") and base not in valid:
+            stale = base.startswith("shard-") and base.endswith(".tar") and base not in valid
+            if stale or (base.startswith(".shard-") and base.endswith(".tmp")):
                 fs.rm(path)

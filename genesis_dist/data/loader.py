@@ -47,7 +47,7 @@ class ShardLoader:
         else:
             batches = iter(DataLoader(stream, batch_size=None, num_workers=self.layout.num_workers,
                                       timeout=self._timeout, pin_memory=self._pin_memory))
-        for batch in batches:
+        for batch in _clean_worker_errors(batches):
             self._record(batch.pop(EVENTS))
             self.step += 1
             yield batch
@@ -95,6 +95,19 @@ class ShardLoader:
             "num_workers": layout.num_workers, "seed": layout.seed, "shuffle_buffer": layout.shuffle_buffer,
             "drop_last": layout.drop_last,
         }
+
+
+def _clean_worker_errors(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Re-raise a DataError from a DataLoader worker with its own one-line message
+    (torch wraps it in "Caught ... in DataLoader worker process N" and a traceback)."""
+    try:
+        yield from batches
+    except DataError as error:
+        text = str(error)
+        if "Original Traceback" not in text:
+            raise
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        raise type(error)(last.split(": ", 1)[-1]) from None
 
 
 def _env_int(name: str, default: int) -> int:

@@ -53,6 +53,7 @@ class _Reading:
     events: list[str] = field(default_factory=list)
     unreported: list[str] = field(default_factory=list)
     bad_shards: set[int] = field(default_factory=set)
+    bad_samples: set[tuple[str, str]] = field(default_factory=set)  # (shard URL, key), reported once
 
     def report(self, event: str, max_corrupt: int) -> None:
         log.warning("skipping corrupt data: %s", event)
@@ -141,10 +142,14 @@ class EpochStream(IterableDataset):
             rng = random.Random(f"samples:{self.layout.seed}:{self.epoch}:{self.layout.rank}:{plan.worker}:{lap}")
             produced = 0
             for raw in shuffled(self._raw(plan, state), self.layout.shuffle_buffer, rng):
+                where = (raw["__url__"], raw.get("__key__"))
+                if where in state.bad_samples:
+                    continue
                 try:
                     sample = decode_sample(raw, self.resolution, self.has_mask)
                 except SampleCorrupt as error:
-                    state.report(f"sample {raw.get('__key__')} in {raw['__url__']}: {error}", self.max_corrupt)
+                    state.bad_samples.add(where)
+                    state.report(f"sample {where[1]} in {where[0]}: {error}", self.max_corrupt)
                     continue
                 produced += 1
                 needed -= 1

@@ -126,12 +126,14 @@ def test_corrupt_sample_is_skipped_counted_and_batches_stay_full(shard_copy):
     assert "mds-seed0-train-0000085" in loader.corrupt_events[0] and str(shard) in loader.corrupt_events[0]
 
 
-def test_too_much_corruption_stops_with_a_clear_error(shard_copy):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_too_much_corruption_stops_with_a_clear_error(shard_copy, workers):
     for index in (1, 4):
         damage_tar(shard_copy / "train" / f"shard-00000{index}.tar", 3)
-    loader = make_loader(str(shard_copy), "train", 10, num_workers=0, max_corrupt=1)
-    with pytest.raises(CorruptDataError, match=r"max_corrupt=1"):
+    loader = make_loader(str(shard_copy), "train", 10, num_workers=workers, max_corrupt=1, shuffle_buffer=0)
+    with pytest.raises(CorruptDataError, match=r"max_corrupt=1") as caught:
         list(loader)
+    assert "\n" not in str(caught.value) and "shard-00000" in str(caught.value)
 
 
 class FlakyFileSystem(LocalFileSystem):
