@@ -126,7 +126,11 @@ class EvalConfig:
     batch_size: int = 64
     fid_samples: int = 10_000  # model samples vs as many test images (papers: 10,000)
     segmentation_images: int = 320  # papers: 320 test images
+    elbo_images: Optional[int] = None  # test images for ELBO / err / KL; None: the whole test split
     stop_pixels: Optional[float] = None  # flexible number of slots (GENESIS-V2)
+    seed: int = 0  # posterior and prior noise, the same for every checkpoint
+    start_timeout_s: float = 600.0  # an actor that has not started by then (no resources) is an error
+    checkpoint_timeout_s: float = 3600.0  # an evaluation running longer is killed and reported failed
     stats_cache: str = "~/.cache/genesis_dist/fid"  # test-set FID statistics, keyed by manifest sha256
     storage_options: dict[str, Any] = field(default_factory=dict)
 

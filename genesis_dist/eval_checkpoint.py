@@ -1,0 +1,302 @@
+"""Evaluate one training checkpoint on a run's test split; no Ray (the pool in
+`genesis_dist.evaluate` wraps `CheckpointEvaluator` as a Ray actor).
+
+An evaluator loads the Inception network once and each test set once (held in memory as
+uint8), then scores any number of checkpoints: ELBO / err / KL, segmentation (ARI, SC,
+mSC, foreground and all pixels) of the decoder masks and of GENESIS-V2's IC-SBP attention
+masks, flexible-slot statistics, FID of model samples, and two figures per checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint, read_meta
+from .eval_fid import fid_against_stats
+from .metrics import masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
+from .models import build_model
+from .storage import join
+
+FIGURE_IMAGES = 8  # rows of the decomposition and generation figures
+SEGMENTATION_KEYS = ("ari_fg", "msc_fg", "sc_fg", "ari", "msc", "sc")
+
+
+@dataclass
+class TestSet:
+    """The first images of a split, held once per evaluator.
+
+    images: uint8 `[N, 3, H, W]`; masks: uint8/long `[N, H, W]` with every background
+    entity folded into label 0 (None without ground truth); fid_key: names the split's
+    content (sha256 of its shards' sha256s) for the FID statistics cache.
+    """
+
+    url: str
+    split: str
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    split_size: int
+    fid_key: str
+    storage_options: dict
+
+
+def split_fingerprint(manifest: dict[str, Any], split: str) -> str:
+    """sha256 over the split's shard names, counts and sha256s (from `manifest.json`): a
+    key that changes whenever the test images do."""
+    entry = manifest["splits"][split]
+    content = {"dataset": manifest.get("dataset"), "resolution": manifest.get("resolution"), "split": split,
+               "shards": [[s["name"], s["count"], s.get("sha256")] for s in entry["shards"]]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def foreground_labels(masks: torch.Tensor, background_entities: int | None) -> torch.Tensor:
+    """Label maps `[B, H, W]` with labels `0 .. background_entities−1` (e.g. ObjectsRoom's sky,
+    floor and walls) merged into 0, the background the -FG scores leave out."""
+    if not background_entities or background_entities <= 1:
+        return masks
+    return torch.where(masks < background_entities, torch.zeros_like(masks), masks)
+
+
+def test_image_batches(data: dict[str, Any], batch_size: int, limit: int):
+    """Float image batches `[b, 3, H, W]` of the first `limit` images of the split, in
+    manifest order (the same images every time)."""
+    from .data import make_loader
+
+    loader = make_loader(data["url"], data["split"], batch_size, rank=0, world_size=1, num_workers=0, seed=0,
+                         shuffle_buffer=0, drop_last=False, storage_options=data["storage_options"])
+    seen = 0
+    if limit <= 0:
+        return
+    for batch in loader:
+        images = batch["image"][: limit - seen]
+        seen += images.shape[0]
+        yield images, (None if batch.get("mask") is None else batch["mask"][: images.shape[0]])
+        if seen >= limit:
+            return
+
+
+def load_test_set(data: dict[str, Any], limit: int | None, batch_size: int) -> TestSet:
+    """The first `limit` images (all when None) of `data = {url, split, storage_options}`."""
+    from .data import read_manifest
+
+    manifest = read_manifest(data["url"], data["storage_options"])
+    if data["split"] not in manifest.get("splits", {}):
+        from .data import DataError
+
+        raise DataError(f"{data['url']}: no split {data['split']!r} (splits: {', '.join(sorted(manifest.get('splits', {})))})")
+    split_size = int(manifest["splits"][data["split"]]["count"])
+    limit = split_size if limit is None else min(limit, split_size)
+    images, masks = [], []
+    for batch_images, batch_masks in test_image_batches(data, batch_size, limit):
+        images.append(to_uint8(batch_images))
+        if batch_masks is not None:
+            small = batch_masks.numel() == 0 or int(batch_masks.max()) < 256
+            masks.append(batch_masks.to(torch.uint8 if small else torch.long))
+    if not images:
+        from .data import DataError
+
+        raise DataError(f"{data['url']}: split {data['split']!r} has no images")
+    labels = foreground_labels(torch.cat(masks), manifest.get("background_entities")) if masks else None
+    return TestSet(data["url"], data["split"], torch.cat(images), labels, split_size,
+                   split_fingerprint(manifest, data["split"]), data["storage_options"])
+
+
+def true_components(labels: torch.Tensor) -> torch.Tensor:
+    """`[B]` ground-truth components per image: visible objects + 1 (the background), from
+    foreground-folded label maps `[B, H, W]`."""
+    flat = labels.flatten(1).long()
+    present = torch.zeros(flat.shape[0], int(flat.max()) + 1, dtype=torch.bool)
+    present.scatter_(1, flat, True)
+    return present[:, 1:].sum(dim=1) + 1
+
+
+def _mean_scores(per_image: dict[str, list[torch.Tensor]], prefix: str) -> dict[str, float]:
+    scores = {}
+    for key, values in per_image.items():
+        mean, _ = mean_ignoring_nan(torch.cat(values))
+        scores[prefix + key] = mean
+    return scores
+
+
+class CheckpointEvaluator:
+    """Scores checkpoints; loads Inception once and each test set once.
+
+    `config`: an EvalConfig as a dict (batch_size, fid_samples, segmentation_images,
+    elbo_images, stop_pixels, stats_cache, seed, gpus_per_actor, storage_options).
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        use_gpu = config.get("gpus_per_actor", 0) > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.inception = None  # loaded by the first `prepare` (errors then reach the caller)
+        self.test_sets: dict[tuple[str, str], TestSet] = {}
+        self.reference: dict[tuple[str, str], tuple[Any, Any, int]] = {}
+        self.evaluated = 0
+
+    def identity(self) -> str:
+        """`host:pid` of the process this evaluator runs in."""
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def prepare(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Load the test set `data = {url, split, storage_options}` and its FID statistics
+        (computed and cached on first use). Returns a summary; raises DataError,
+        WeightsMissingError on user-fixable problems."""
+        key = (data["url"], data["split"])
+        if self.inception is None and self.config["fid_samples"] > 0:
+            from .metrics import InceptionFeatures
+
+            self.inception = InceptionFeatures(batch_size=min(50, self.config["batch_size"]), allow_download=True)
+        if key not in self.test_sets:
+            limit = self.config.get("elbo_images")
+            held = None if limit is None else max(limit, self.config["segmentation_images"], FIGURE_IMAGES)
+            self.test_sets[key] = load_test_set(data, held, self.config["batch_size"])
+        test = self.test_sets[key]
+        if self.inception is not None and key not in self.reference:
+            from .metrics import cached_statistics
+
+            count = min(self.config["fid_samples"], test.split_size)
+            cache = os.path.expanduser(self.config["stats_cache"]) if "://" not in self.config["stats_cache"] else self.config["stats_cache"]
+            batches = (images.to(self.device) for images, _ in test_image_batches(data, self.config["batch_size"], count))
+            mu, sigma = cached_statistics(test.fid_key, batches, cache, self.inception, count,
+                                          self.config.get("storage_options") or None)
+            self.reference[key] = (mu, sigma, count)
+        return {"actor": self.identity(), "test_images": len(test.images), "has_masks": test.masks is not None,
+                "fid_test_images": self.reference.get(key, (None, None, 0))[2]}
+
+    def evaluate(self, checkpoint_url: str, run_url: str) -> dict[str, Any]:
+        """Score one checkpoint folder and write its two figures under `{run_url}/eval/figures/`.
+
+        Never raises: returns `{"ok": True, "record": {...}}` or `{"ok": False, "error":
+        one line, "traceback": str}` (a corrupt or vanished checkpoint, a bad config)."""
+        started = time.perf_counter()
+        try:
+            record = self._evaluate(checkpoint_url, run_url)
+        except Exception as err:  # reported by the driver, which carries on
+            return {"ok": False, "error": f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                    "traceback": traceback.format_exc(), "actor": self.identity()}
+        record["eval_seconds"] = round(time.perf_counter() - started, 3)
+        self.evaluated += 1
+        record["actor"], record["actor_evaluations"] = self.identity(), self.evaluated
+        return {"ok": True, "record": record}
+
+    @torch.no_grad()
+    def _evaluate(self, checkpoint_url: str, run_url: str) -> dict[str, Any]:
+        storage_options = self.config.get("storage_options") or None
+        meta = read_meta(checkpoint_url, storage_options)
+        train_cfg = meta["config"]
+        data_cfg = train_cfg["data"]
+        data = {"url": data_cfg["url"], "split": data_cfg["eval_split"],
+                "storage_options": dict(data_cfg.get("storage_options") or {})}
+        self.prepare(data)
+        test = self.test_sets[(data["url"], data["split"])]
+        state, meta = load_checkpoint(checkpoint_url, storage_options, map_location=self.device)
+        model = build_model(train_cfg["model"])
+        model.load_state_dict(state["model"])
+        model.to(self.device).eval()
+        del state
+        torch.manual_seed(self.config.get("seed", 0))  # every checkpoint sees the same noise
+        step = int(meta["step"])
+        record: dict[str, Any] = {
+            "step": step, "checkpoint": checkpoint_url, "dataset": data_cfg.get("name"),
+            "model": train_cfg["model"]["name"], "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        flexible = self.config.get("stop_pixels") is not None and record["model"] == "genesis_v2"
+        record.update(self._likelihood_and_segmentation(model, test, run_url, step, flexible))
+        if self.inception is not None:
+            record.update(self._fid_and_samples(model, data, run_url, step))
+        else:
+            self._generation_figure(model.sample(FIGURE_IMAGES), run_url, step)
+        return record
+
+    def _forward(self, model: torch.nn.Module, images: torch.Tensor, stop_pixels: float | None):
+        if stop_pixels is not None:
+            return model(images, stop_pixels=stop_pixels)
+        return model(images)
+
+    def _likelihood_and_segmentation(self, model, test: TestSet, run_url: str, step: int,
+                                     flexible: bool) -> dict[str, Any]:
+        """ELBO, err, KL (nats per image) over the held test images; segmentation scores over
+        the first `segmentation_images`; with `flexible`, scores and slot counts of GENESIS-V2
+        stopping its IC-SBP at `stop_pixels`."""
+        cfg = self.config
+        num_seg = min(cfg["segmentation_images"], len(test.images)) if test.masks is not None else 0
+        stop = cfg.get("stop_pixels")
+        sums = {"err": 0.0, "kl": 0.0, "elbo": 0.0}
+        per_image: dict[str, dict[str, list[torch.Tensor]]] = {"": {}, "att_": {}, "flex_": {}}
+        slots_used, slots_true = [], []
+        for start in range(0, len(test.images), cfg["batch_size"]):
+            images = test.images[start:start + cfg["batch_size"]].to(self.device).float().div(255.0)
+            out = self._forward(model, images, None)
+            for key in sums:
+                sums[key] += float(getattr(out, key).double().sum())
+            if start == 0:
+                self._decomposition_figure(images, out, run_url, step)
+            seg = max(0, min(num_seg - start, images.shape[0]))
+            if seg == 0:
+                continue
+            labels = test.masks[start:start + seg].to(self.device)
+            sets = [("", out.log_masks)] + ([("att_", out.log_att_masks)] if out.log_att_masks is not None else [])
+            if flexible:
+                flex = self._forward(model, images[:seg], stop)
+                sets.append(("flex_", flex.log_masks))
+                slots_used.append(flex.num_slots.cpu())
+                slots_true.append(true_components(labels.cpu()))
+            for prefix, log_masks in sets:
+                scores = segmentation_scores(labels.long(), masks_to_labels(log_masks[:seg]))
+                for key, values in scores.items():
+                    per_image[prefix].setdefault(key, []).append(values.cpu())
+        count = len(test.images)
+        result: dict[str, Any] = {key: value / count for key, value in sums.items()}
+        result["test_images"] = count
+        if num_seg:
+            result["segmentation_images"] = num_seg
+            for prefix, values in per_image.items():
+                result.update(_mean_scores(values, prefix))
+        if flexible and slots_used:
+            stats = slot_count_stats(torch.cat(slots_used), torch.cat(slots_true))
+            result.update({"flex_stop_pixels": stop, "flex_mean_slots": stats["mean_slots"],
+                           "flex_slots_mae": stats["mae"]})
+        return result
+
+    def _fid_and_samples(self, model, data: dict, run_url: str, step: int) -> dict[str, Any]:
+        """FID of `fid_samples` samples against the cached test statistics; the first
+        samples also make the step-by-step generation figure."""
+        mu, sigma, reference_count = self.reference[(data["url"], data["split"])]
+        features, remaining, figure = [], self.config["fid_samples"], None
+        while remaining > 0:
+            n = min(self.config["batch_size"], remaining)
+            samples = model.sample(n)
+            if figure is None:
+                figure = samples
+            features.append(self.inception(samples.images))
+            remaining -= n
+        fid = fid_against_stats(torch.cat(features), mu, sigma)
+        self._generation_figure(figure, run_url, step)
+        return {"fid": fid if math.isfinite(fid) else None, "fid_samples": self.config["fid_samples"],
+                "fid_test_images": reference_count}
+
+    def _decomposition_figure(self, images: torch.Tensor, out, run_url: str, step: int) -> None:
+        from .figures import decomposition_grid, save_png
+
+        n = FIGURE_IMAGES
+        att = out.log_att_masks[:n] if out.log_att_masks is not None else None
+        grid = decomposition_grid(images[:n], out.recon[:n], out.log_masks[:n], out.components[:n], att)
+        save_png(grid, join(run_url, "eval", "figures", f"decomposition_{step:08d}.png"),
+                 self.config.get("storage_options") or None)
+
+    def _generation_figure(self, samples, run_url: str, step: int) -> None:
+        from .figures import generation_steps_figure, save_png
+
+        n = FIGURE_IMAGES
+        figure = generation_steps_figure(samples.components[:n], samples.log_masks[:n])
+        save_png(figure, join(run_url, "eval", "figures", f"generation_{step:08d}.png"),
+                 self.config.get("storage_options") or None)

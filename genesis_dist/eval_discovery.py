@@ -1,0 +1,100 @@
+"""Finding a run's checkpoints while training may still be writing them.
+
+A run folder `{run.storage_path}/{run.name}/` holds `checkpoint_<8-digit step>/` folders
+(Ray-managed; older ones are deleted as training goes on), `best/`, and `finished.json`
+once training has ended. A checkpoint is ready when its `meta.json` (written last) is
+readable and `state.pt` has the size it records; anything else may still be uploading.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .checkpoint import META_FILE, STATE_FILE
+from .storage import filesystem, join
+
+CHECKPOINT_NAME = re.compile(r"^checkpoint_\d+$")
+BEST = "best"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint folder: its URL, the step its meta.json records, whether it is ready
+    to evaluate (else `reason` says why not) and its meta (None until readable)."""
+
+    name: str
+    url: str
+    step: int | None
+    ready: bool
+    reason: str = ""
+    meta: dict[str, Any] | None = None
+
+
+def run_exists(run_url: str, storage_options: dict | None = None) -> bool:
+    """True when the run folder exists (is a directory / has objects under it)."""
+    fs, path = filesystem(run_url, storage_options)
+    return fs.isdir(path)
+
+
+def run_finished(run_url: str, storage_options: dict | None = None) -> bool:
+    """True once training wrote `finished.json` into the run folder."""
+    fs, path = filesystem(join(run_url, "finished.json"), storage_options)
+    return fs.exists(path)
+
+
+class CheckpointScanner:
+    """Lists a run's checkpoints; remembers the meta.json of `checkpoint_*` folders (they
+    never change once complete) so a poll reads only new folders and `best/`."""
+
+    def __init__(self, run_url: str, storage_options: dict | None = None):
+        self.run_url = run_url
+        self.storage_options = storage_options
+        self._metas: dict[str, dict[str, Any]] = {}
+
+    def scan(self) -> list[CheckpointInfo]:
+        """Checkpoints sorted by step (incomplete ones last); a step present both as
+        `checkpoint_*` and `best/` is listed once, as the former."""
+        fs, path = filesystem(self.run_url, self.storage_options)
+        fs.invalidate_cache()
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return []
+        names = sorted(n for n in names if CHECKPOINT_NAME.match(n)) + ([BEST] if BEST in names else [])
+        self._metas = {n: m for n, m in self._metas.items() if n in names}
+        found, steps = [], set()
+        for name in names:
+            info = self._inspect(name)
+            if info.step is not None and info.step in steps:
+                continue
+            if info.step is not None:
+                steps.add(info.step)
+            found.append(info)
+        return sorted(found, key=lambda c: (c.step is None, c.step or 0))
+
+    def _inspect(self, name: str) -> CheckpointInfo:
+        url = join(self.run_url, name)
+        fs, path = filesystem(url, self.storage_options)
+        if name in self._metas:  # complete before, and checkpoint folders never change
+            meta = self._metas[name]
+            return CheckpointInfo(name, url, int(meta["step"]), True, "", meta)
+        try:
+            meta = json.loads(fs.cat_file(f"{path}/{META_FILE}"))
+        except FileNotFoundError:
+            return CheckpointInfo(name, url, None, False, f"no {META_FILE} yet")
+        except ValueError:
+            return CheckpointInfo(name, url, None, False, f"{META_FILE} not readable yet")
+        if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
+            return CheckpointInfo(name, url, None, False, f"{META_FILE} lacks step/config")
+        step = int(meta["step"])
+        try:
+            size = fs.size(f"{path}/{STATE_FILE}")
+        except FileNotFoundError:
+            return CheckpointInfo(name, url, step, False, f"no {STATE_FILE} yet", meta)
+        if meta.get("bytes") is not None and size != meta["bytes"]:
+            return CheckpointInfo(name, url, step, False, f"{STATE_FILE} has {size} of {meta['bytes']} bytes", meta)
+        if name != BEST:
+            self._metas[name] = meta
+        return CheckpointInfo(name, url, step, True, "", meta)

@@ -1,0 +1,105 @@
+"""The papers' numbers (GENESIS, ICLR 2020; GENESIS-V2, NeurIPS 2021) and
+`python -m genesis_dist.evaluate compare RUN_URL [RUN_URL ...]`, which sets evaluated runs
+beside them.
+
+Numbers are (mean, ± spread or None) as the papers print them; ELBO in nats per image at
+64×64; segmentation on 320 test images; FID of 10,000 samples vs 10,000 test images. APC's
+ARI and MSC are over all pixels (no -FG variant published).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from .eval_report import format_value, markdown_table, read_records
+from .storage import filesystem, join
+
+PUBLISHED: dict[tuple[str, str], dict[str, tuple[float, float | None]]] = {
+    ("objects_room", "genesis_v2"): {"ari_fg": (0.85, 0.01), "msc_fg": (0.59, 0.01), "fid": (52.6, 2.7), "elbo": (-7040, 2)},
+    ("objects_room", "genesis"): {"ari_fg": (0.63, 0.03), "msc_fg": (0.53, 0.07), "fid": (62.8, 2.5), "elbo": (-7023, 2)},
+    ("objects_room", "slot_attention"): {"ari_fg": (0.79, 0.02), "msc_fg": (0.64, 0.13)},
+    ("shapestacks", "genesis_v2"): {"ari_fg": (0.81, 0.01), "msc_fg": (0.67, 0.01), "fid": (112.7, 3.2), "elbo": (-7019, 2)},
+    ("shapestacks", "genesis"): {"ari_fg": (0.70, 0.05), "msc_fg": (0.67, 0.02), "fid": (186.8, 18.0), "elbo": (-7082, 15)},
+    ("shapestacks", "monet_g"): {"ari_fg": (0.70, 0.04), "msc_fg": (0.57, 0.12), "fid": (197.8, 5.2), "elbo": (-7268, 19)},
+    ("multi_dsprites", "genesis"): {"fid": (24.9, None)},
+    ("gqn", "genesis"): {"fid": (80.5, None)},
+    ("apc", "genesis_v2"): {"ari": (0.55, None), "msc": (0.67, None), "fid": (245.6, None)},
+    ("sketchy", "genesis_v2"): {"fid": (208.1, None)},
+}
+MODEL_TITLES = {"genesis_v2": "GENESIS-V2", "genesis": "GENESIS", "genesis_s": "GENESIS-S",
+                "slot_attention": "Slot Attention", "monet_g": "MONet-G"}
+# (record key, column title, format)
+COMPARED = (("ari_fg", "ARI-FG", ".3f"), ("msc_fg", "MSC-FG", ".3f"), ("ari", "ARI", ".3f"), ("msc", "MSC", ".3f"),
+            ("fid", "FID", ".1f"), ("elbo", "ELBO", ".1f"))
+
+
+def published_rows(dataset: str) -> list[tuple[str, dict[str, tuple[float, float | None]]]]:
+    """[(model, numbers)] the papers report for `dataset` (a `data.name`)."""
+    return [(model, numbers) for (name, model), numbers in PUBLISHED.items() if name == dataset]
+
+
+def _published_cell(number: tuple[float, float | None] | None, spec: str) -> str:
+    if number is None:
+        return "—"
+    mean, spread = number
+    return format(mean, spec) + ("" if spread is None else f" ± {format(spread, spec)}")
+
+
+def _best_step(run_url: str, records: dict[int, dict], storage_options: dict | None) -> tuple[int, str]:
+    """The step of the run's `best/` checkpoint (chosen by training on held-out ELBO) when it
+    was evaluated, else the evaluated step with the highest test ELBO."""
+    fs, path = filesystem(join(run_url, "best", "meta.json"), storage_options)
+    try:
+        step = int(json.loads(fs.cat_file(path))["step"])
+        if step in records:
+            return step, "best"
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    scored = [s for s, r in records.items() if isinstance(r.get("elbo"), (int, float))]
+    return (max(scored, key=lambda s: records[s]["elbo"]), "best test ELBO") if scored else (max(records), "latest")
+
+
+def comparison_table(runs: list[str], storage_options: dict | None = None, warn=print) -> str:
+    """Markdown: for each dataset, each run's best and latest evaluated checkpoint, then the
+    papers' rows for that dataset. Runs without evaluations are left out with a warning."""
+    by_dataset: dict[str, list[list[str]]] = {}
+    for run_url in runs:
+        records = read_records(run_url.rstrip("/"), storage_options)
+        if not records:
+            warn(f"{run_url}: no evaluations (run python -m genesis_dist.evaluate --run {run_url} first)")
+            continue
+        best, label = _best_step(run_url, records, storage_options)
+        latest = max(records)
+        name = run_url.rstrip("/").rsplit("/", 1)[-1]
+        for step, what in ((best, label), (latest, "latest")) if best != latest else ((best, f"{label}, latest"),):
+            record = records[step]
+            dataset = record.get("dataset") or "?"
+            title = MODEL_TITLES.get(record.get("model"), record.get("model"))
+            by_dataset.setdefault(dataset, []).append(
+                [name, dataset, title, f"{what} @ {step}"] + [format_value(record.get(k), spec) for k, _, spec in COMPARED])
+    if not by_dataset:
+        return ""
+    rows = []
+    for dataset, run_rows in by_dataset.items():
+        rows += run_rows
+        for model, numbers in published_rows(dataset):
+            rows.append(["paper", dataset, MODEL_TITLES.get(model, model), "published"]
+                        + [_published_cell(numbers.get(k), spec) for k, _, spec in COMPARED])
+        if not published_rows(dataset):
+            rows.append(["paper", dataset, "—", "no published numbers"] + ["—"] * len(COMPARED))
+    return markdown_table(["run", "dataset", "model", "checkpoint"] + [t for _, t, _ in COMPARED], rows)
+
+
+def compare_main(argv: list[str]) -> int:
+    """`compare RUN_URL [RUN_URL ...]`: print the table; 2 when no run has evaluations."""
+    runs = [a for a in argv if not a.startswith("-")]
+    if not runs or len(runs) != len(argv):
+        print("genesis_dist.evaluate compare: usage: compare RUN_URL [RUN_URL ...]", file=sys.stderr)
+        return 2
+    table = comparison_table(runs, warn=lambda line: print(f"genesis_dist.evaluate compare: {line}", file=sys.stderr))
+    if not table:
+        print("genesis_dist.evaluate compare: error: none of the runs has evaluations", file=sys.stderr)
+        return 2
+    print(table, end="")
+    return 0

@@ -1,0 +1,202 @@
+"""The evaluation actor pool on a real local Ray cluster: a real 6-step training run with
+3 checkpoints, real Inception weights, 2 actors; each checkpoint evaluated exactly once,
+--watch following a run until finished.json, a corrupt checkpoint reported and skipped."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from fid_weights import seed_torch_home  # noqa: E402
+from genesis_dist.config import load_config, load_eval_config  # noqa: E402
+from genesis_dist.eval_fid import fid_against_stats  # noqa: E402
+from genesis_dist.evaluate import Evaluation, main  # noqa: E402
+from genesis_dist.metrics import feature_statistics, fid_from_features  # noqa: E402
+from genesis_dist.train import build_trainer, ensure_dataset  # noqa: E402
+
+TINY = [
+    "model.img_size=32", "model.num_slots=3", "model.encoder_filters=8", "model.head_filters=8",
+    "model.decoder_filters=8", "model.mlp_hidden=16", "model.feature_dim=16", "model.latent_dim=8",
+    "model.prior_hidden=16", "optim.batch_size=8", "optim.lr=1e-3", "run.log_every=1",
+    "run.checkpoint_every=2", "run.image_every=1000", "run.eval_images=8", "data.num_workers=0",
+    "data.shuffle_buffer=16", "scaling.cpus_per_worker=1", "optim.steps=6", "run.keep_checkpoints=5",
+]
+STEPS = (2, 4, 6)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def torch_home(tmp_path_factory):
+    home = seed_torch_home(tmp_path_factory.mktemp("torch_home"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_cluster, tmp_path_factory) -> Path:
+    """A finished 6-step run of the tiny GENESIS-V2 with checkpoints at steps 2, 4, 6."""
+    root = tmp_path_factory.mktemp("training")
+    cfg = load_config(TINY + [f"data.url={root / 'multi_dsprites'}", "data.generate_if_missing=true",
+                              "data.generate_train=96", "data.generate_test=16",
+                              f"run.storage_path={root / 'runs'}", "run.name=tiny"])
+    ensure_dataset(cfg)
+    assert build_trainer(cfg).fit().error is None
+    run = root / "runs" / "tiny"
+    assert sorted(p.name for p in run.glob("checkpoint_0*")) == [f"checkpoint_{s:08d}" for s in STEPS]
+    assert (run / "finished.json").exists()
+    return run
+
+
+def eval_overrides(tmp: Path, *extra: str) -> list[str]:
+    return ["actors=2", "fid_samples=16", "segmentation_images=16", "batch_size=8",
+            f"stats_cache={tmp / 'fid_cache'}", "poll_seconds=0.5", *extra]
+
+
+def copy_run(run: Path, target: Path) -> Path:
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("eval"))
+    return target
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run, torch_home, tmp_path_factory):
+    """A copy of the run after one `evaluate --run` with 2 actors: (run folder, log lines, seconds)."""
+    tmp = tmp_path_factory.mktemp("evaluated")
+    run = copy_run(trained_run, tmp / "tiny")
+    lines: list[str] = []
+    started = time.perf_counter()
+    status = Evaluation(load_eval_config(["run=" + str(run)] + eval_overrides(tmp)), log=lines.append).run()
+    seconds = time.perf_counter() - started
+    print("\n".join(lines), f"\nfirst evaluation: {seconds:.1f} s")
+    assert status == 0, lines
+    return run, lines, seconds
+
+
+def test_pool_evaluates_every_checkpoint_exactly_once(evaluated):
+    run, lines, _ = evaluated
+    records = [json.loads(line) for line in (run / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in records) == list(STEPS)
+    for step in STEPS:
+        record = json.loads((run / "eval" / f"{step:08d}.json").read_text())
+        assert record == next(r for r in records if r["step"] == step)
+        assert record["checkpoint"].endswith(f"checkpoint_{step:08d}")
+        assert record["elbo"] == pytest.approx(-(record["err"] + record["kl"]), rel=1e-6)
+        for key in ("ari_fg", "ari", "att_ari_fg"):
+            assert -1.0 <= record[key] <= 1.0, (key, record[key])
+        for key in ("msc_fg", "sc_fg", "msc", "att_msc_fg"):
+            assert 0.0 < record[key] <= 1.0, (key, record[key])
+        assert record["fid"] > 0 and np.isfinite(record["fid"])
+        assert record["segmentation_images"] == 16 and record["test_images"] == 16
+        assert record["fid_samples"] == 16 and record["fid_test_images"] == 16
+        for figure in (f"decomposition_{step:08d}.png", f"generation_{step:08d}.png"):
+            assert (run / "eval" / "figures" / figure).stat().st_size > 0
+    # The pool spread the work: both actors evaluated, each counting its own evaluations.
+    actors = {r["actor"] for r in records}
+    assert len(actors) == 2, actors
+    assert sorted(r["actor_evaluations"] for r in records) == [1, 1, 2]
+    # Checkpoints differ, so their scores do; evaluation noise is seeded, so it is not that.
+    assert len({r["elbo"] for r in records}) == 3
+    table = (run / "eval" / "metrics.md").read_text()
+    assert all(f"| {s} |" in table for s in STEPS) and "FID" in table and "ARI-FG" in table
+    assert (run / "eval" / "metrics.png").stat().st_size > 0
+    assert list((run / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+    assert sum(line.startswith("[eval] step ") for line in lines) == 3
+
+
+def test_second_invocation_evaluates_none(evaluated, tmp_path, capsys):
+    run, _, _ = evaluated
+    before = {p.name: p.read_bytes() for p in (run / "eval").glob("*.json*")}
+    cache = sorted((run.parent / "fid_cache").glob("*.npz"))
+    assert len(cache) == 1  # the test set's statistics, computed once for both actors
+    cache_time = cache[0].stat().st_mtime_ns
+    status = main(["--run", str(run), *eval_overrides(run.parent)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "3 evaluated before, 0 to evaluate" in out and "[eval] step" not in out
+    assert {p.name: p.read_bytes() for p in (run / "eval").glob("*.json*")} == before
+    assert cache[0].stat().st_mtime_ns == cache_time
+
+
+def test_watch_follows_the_run_and_skips_a_corrupt_checkpoint(trained_run, torch_home, tmp_path):
+    run = copy_run(trained_run, tmp_path / "tiny")
+    (run / "finished.json").unlink()
+    held_back = tmp_path / "held_back"
+    shutil.move(run / "checkpoint_00000004", held_back)
+    shutil.rmtree(run / "checkpoint_00000006")
+    shutil.rmtree(run / "best")  # best/ counts as a checkpoint too: here it would be step 6
+    lines: list[str] = []
+    cfg = load_eval_config(["run=" + str(run), "watch=true"] + eval_overrides(tmp_path, "actors=1"))
+    result: dict[str, int] = {}
+    watcher = threading.Thread(target=lambda: result.update(status=Evaluation(cfg, log=lines.append).run()))
+    watcher.start()
+    deadline = time.monotonic() + 120
+    while not (run / "eval" / "00000002.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (run / "eval" / "00000002.json").exists(), lines
+    assert watcher.is_alive()  # no finished.json yet: it keeps watching
+    # Training "writes" step 4, a corrupt step 8 and a step 10 still uploading, then finishes.
+    corrupt = run / "checkpoint_00000008"
+    shutil.copytree(held_back, corrupt)
+    meta = json.loads((corrupt / "meta.json").read_text())
+    (corrupt / "meta.json").write_text(json.dumps({**meta, "step": 8}))
+    payload = bytearray((corrupt / "state.pt").read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    (corrupt / "state.pt").write_bytes(bytes(payload))
+    (run / "checkpoint_00000010").mkdir()
+    shutil.move(held_back, run / "checkpoint_00000004")
+    (run / "finished.json").write_text(json.dumps({"step": 10}))
+    watcher.join(timeout=120)
+    assert not watcher.is_alive(), lines
+    assert result["status"] == 1  # a checkpoint failed; the others were evaluated
+    assert sorted(p.name for p in (run / "eval").glob("0*.json")) == ["00000002.json", "00000004.json"]
+    failures = [json.loads(line) for line in (run / "eval" / "failures.jsonl").read_text().splitlines()]
+    assert [f["step"] for f in failures] == [8] and "sha256" in failures[0]["error"]
+    assert any("step 8" in line and "FAILED" in line for line in lines)
+    assert any("checkpoint_00000010: incomplete" in line for line in lines)
+
+
+def test_compare_sets_runs_beside_the_published_numbers(evaluated, capsys):
+    run, _, _ = evaluated
+    assert main(["compare", str(run)]) == 0
+    table = capsys.readouterr().out
+    latest = json.loads((run / "eval" / "00000006.json").read_text())
+    rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
+    assert any("latest @ 6" in row and f"{latest['fid']:.1f}" in row for row in rows), table
+    paper = [line for line in table.splitlines() if line.startswith("| paper | multi_dsprites | GENESIS |")]
+    assert len(paper) == 1 and "24.9" in paper[0], table
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+    cases = [
+        (["--run", str(tmp_path / "missing")], "run folder not found"),
+        (["--run", str(tmp_path)], "no checkpoints in"),
+        (["--run", str(tmp_path), "actorz=3"], "actorz"),
+        (["--run"], "--run needs"),
+        ([], "no run given"),
+        (["compare", str(tmp_path)], "none of the runs has evaluations"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and not any("Traceback" in line for line in err), (argv, err)
+
+
+def test_few_sample_fid_equals_pytorch_fid():
+    rng = np.random.default_rng(0)
+    for samples, reference, dim in ((16, 16, 64), (10, 40, 64), (5, 200, 128)):
+        fake = rng.normal(size=(samples, dim)) * rng.uniform(0.5, 2, size=dim)
+        real = rng.normal(size=(reference, dim)) @ rng.normal(size=(dim, dim)) * 0.2 + 0.3
+        assert fid_against_stats(fake, *feature_statistics(real)) == pytest.approx(fid_from_features(fake, real), rel=1e-6)
