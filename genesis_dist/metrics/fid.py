@@ -96,20 +96,44 @@ def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray,
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((S1 S2)^½) as Tr((S1^½ S2 S1^½)^½): both have the same eigenvalues, and the second
+    matrix is symmetric positive semi-definite, so two symmetric eigen-decompositions do."""
+    values, vectors = np.linalg.eigh(sigma1)
+    root = (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+    inner = root @ sigma2 @ root
+    return float(np.sqrt(np.linalg.eigvalsh((inner + inner.T) / 2).clip(min=0)).sum())
+
+
+def fid_from_stats(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, method: str = "eigh"
+) -> float:
     """Fréchet distance `|mu1 - mu2|² + Tr(S1 + S2 - 2 (S1 S2)^½)` between two Gaussians
-    (means `[D]`, covariances `[D, D]`), in float64 through pytorch-fid's own routine (scipy
-    `sqrtm`, with its eps offset for singular products), so values match `python -m pytorch_fid`.
-    At D = 2048 one call takes 20–80 s on two CPU cores."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
+    (means `[D]`, covariances `[D, D]`), in float64.
 
-    args = [np.asarray(a, dtype=np.float64) for a in (mu1, sigma1, mu2, sigma2)]
-    return float(calculate_frechet_distance(*args))
+    method "eigh" (default): the trace of the matrix square root through two symmetric
+        eigen-decompositions, a few CPU-seconds at D = 2048; agrees with pytorch-fid up to
+        rounding noise (tested to 1e-3 against its CLI with singular covariances, i.e. fewer
+        images than dimensions, where the noise is largest).
+    method "sqrtm": pytorch-fid's own routine (scipy `sqrtm`, with its eps offset for
+        singular products): bit-for-bit the CLI's value, ~50 CPU-seconds at D = 2048.
+    """
+    mu1, sigma1, mu2, sigma2 = (np.asarray(a, dtype=np.float64) for a in (mu1, sigma1, mu2, sigma2))
+    if method == "sqrtm":
+        from pytorch_fid.fid_score import calculate_frechet_distance
+
+        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    if method == "eigh":
+        diff = mu1 - mu2
+        return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2))
+    raise ValueError(f"method must be 'sqrtm' or 'eigh'; got {method!r}")
 
 
-def fid_from_features(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray) -> float:
-    """FID between two sets of Inception features `[N1, D]` and `[N2, D]`."""
-    return fid_from_stats(*feature_statistics(features1), *feature_statistics(features2))
+def fid_from_features(
+    features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray, method: str = "eigh"
+) -> float:
+    """FID between two sets of Inception features `[N1, D]` and `[N2, D]` (see `fid_from_stats`)."""
+    return fid_from_stats(*feature_statistics(features1), *feature_statistics(features2), method=method)
 
 
 def _cache_file(cache_url: str, key: str, num_images: int) -> str:
