@@ -91,9 +91,7 @@ def read_shard(url: str, storage_options: dict[str, Any] | None = None, start: i
 def decode_image(data: bytes, resolution: int | None = None) -> np.ndarray:
     """PNG bytes → uint8 [H, W, 3]."""
     with Image.open(io.BytesIO(data)) as image:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        array = np.asarray(image)
+        array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     if resolution is not None and array.shape[:2] != (resolution, resolution):
         raise SampleCorrupt(f"image is {array.shape[1]}x{array.shape[0]}, expected {resolution}x{resolution}")
     return array
