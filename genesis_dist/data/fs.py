@@ -132,10 +132,11 @@ class RetryingReader(io.RawIOBase):
                 data = self._file.read(len(buffer))
                 break
             except Exception as error:  # noqa: BLE001 - classified below
-                if not is_transient(error) or attempt == self._policy.attempts - 1:
-                    if is_transient(error):
-                        raise StorageError(f"read {self.url}: still failing after {attempt + 1} tries: {error!r}") from error
+                if not is_transient(error):
                     raise
+                if attempt == self._policy.attempts - 1:
+                    message = f"read {self.url}: still failing after {attempt + 1} tries: {error!r}"
+                    raise StorageError(message) from error
                 self.retries += 1
                 log.warning("read %s at byte %d: %r; reopening", self.url, self._offset, error)
                 time.sleep(self._policy.delay(attempt))

@@ -52,7 +52,8 @@ class ShardLoader:
             self.step += 1
             yield batch
         if self.step != self._batches:
-            raise DataError(f"{self.url} {self.split}: epoch {epoch} ended after {self.step} of {self._batches} batches")
+            raise DataError(f"{self.url} {self.split}: epoch {epoch} ended after {self.step} "
+                            f"of {self._batches} batches")
         self.epoch, self.step = epoch + 1, 0
 
     def forever(self) -> Iterator[dict[str, Any]]:

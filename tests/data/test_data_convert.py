@@ -115,3 +115,13 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {tmp_path / 'nope.tfrecords'}: no such file or folder"]
+
+
+def test_inspect_prints_the_manifest_and_writes_a_grid(mds_shards, tmp_path, shard_cli, capsys):
+    grid = tmp_path / "grid.png"
+    assert shard_cli.main(["inspect", mds_shards, "--count", "8", "--grid", str(grid)]) == 0
+    printed = capsys.readouterr().out
+    assert "multi_dsprites" in printed and "train: 240 samples in 6 shards" in printed
+    from PIL import Image
+
+    assert Image.open(grid).size == (8 * 66, 2 * 66)  # one row of images, one of mask overlays
