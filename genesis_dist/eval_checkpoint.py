@@ -27,7 +27,6 @@ from .models import build_model
 from .storage import join
 
 FIGURE_IMAGES = 8  # rows of the decomposition and generation figures
-SEGMENTATION_KEYS = ("ari_fg", "msc_fg", "sc_fg", "ari", "msc", "sc")
 
 
 @dataclass
@@ -203,7 +202,6 @@ class CheckpointEvaluator:
         model.load_state_dict(state["model"])
         model.to(self.device).eval()
         del state
-        torch.manual_seed(self.config.get("seed", 0))  # every checkpoint sees the same noise
         step = int(meta["step"])
         record: dict[str, Any] = {
             "step": step, "checkpoint": checkpoint_url, "dataset": data_cfg.get("name"),
@@ -211,6 +209,7 @@ class CheckpointEvaluator:
         }
         flexible = self.config.get("stop_pixels") is not None and record["model"] == "genesis_v2"
         record.update(self._likelihood_and_segmentation(model, test, run_url, step, flexible))
+        torch.manual_seed(self.config.get("seed", 0) + 1)
         if self.inception is not None:
             record.update(self._fid_and_samples(model, data, run_url, step))
         else:
@@ -233,27 +232,30 @@ class CheckpointEvaluator:
         sums = {"err": 0.0, "kl": 0.0, "elbo": 0.0}
         per_image: dict[str, dict[str, list[torch.Tensor]]] = {"": {}, "att_": {}, "flex_": {}}
         slots_used, slots_true = [], []
-        for start in range(0, len(test.images), cfg["batch_size"]):
-            images = test.images[start:start + cfg["batch_size"]].to(self.device).float().div(255.0)
+        batch = cfg["batch_size"]
+        # Each pass draws its own seeded noise, so no option changes another pass's numbers.
+        torch.manual_seed(cfg.get("seed", 0))
+        for start in range(0, len(test.images), batch):
+            images = test.images[start:start + batch].to(self.device).float().div(255.0)
             out = self._forward(model, images, None)
             for key in sums:
                 sums[key] += float(getattr(out, key).double().sum())
             if start == 0:
                 self._decomposition_figure(images, out, run_url, step)
             seg = max(0, min(num_seg - start, images.shape[0]))
-            if seg == 0:
-                continue
-            labels = test.masks[start:start + seg].to(self.device)
-            sets = [("", out.log_masks)] + ([("att_", out.log_att_masks)] if out.log_att_masks is not None else [])
-            if flexible:
-                flex = self._forward(model, images[:seg], stop)
-                sets.append(("flex_", flex.log_masks))
-                slots_used.append(flex.num_slots.cpu())
-                slots_true.append(true_components(labels.cpu()))
-            for prefix, log_masks in sets:
-                scores = segmentation_scores(labels.long(), masks_to_labels(log_masks[:seg]))
-                for key, values in scores.items():
-                    per_image[prefix].setdefault(key, []).append(values.cpu())
+            if seg:
+                labels = test.masks[start:start + seg].to(self.device).long()
+                self._score(per_image[""], labels, out.log_masks[:seg])
+                if out.log_att_masks is not None:
+                    self._score(per_image["att_"], labels, out.log_att_masks[:seg])
+        torch.manual_seed(cfg.get("seed", 0) + 2)
+        for start in range(0, num_seg if flexible else 0, batch):
+            images = test.images[start:min(start + batch, num_seg)].to(self.device).float().div(255.0)
+            labels = test.masks[start:start + images.shape[0]].to(self.device).long()
+            flex = self._forward(model, images, stop)
+            self._score(per_image["flex_"], labels, flex.log_masks)
+            slots_used.append(flex.num_slots.cpu())
+            slots_true.append(true_components(labels.cpu()))
         count = len(test.images)
         result: dict[str, Any] = {key: value / count for key, value in sums.items()}
         result["test_images"] = count
@@ -266,6 +268,13 @@ class CheckpointEvaluator:
             result.update({"flex_stop_pixels": stop, "flex_mean_slots": stats["mean_slots"],
                            "flex_slots_mae": stats["mae"]})
         return result
+
+    @staticmethod
+    def _score(per_image: dict[str, list[torch.Tensor]], labels: torch.Tensor, log_masks: torch.Tensor) -> None:
+        """Append the per-image segmentation scores of `log_masks` `[b, K, 1, H, W]` against
+        `labels` `[b, H, W]` to `per_image`."""
+        for key, values in segmentation_scores(labels, masks_to_labels(log_masks)).items():
+            per_image.setdefault(key, []).append(values.cpu())
 
     def _fid_and_samples(self, model, data: dict, run_url: str, step: int) -> dict[str, Any]:
         """FID of `fid_samples` samples against the cached test statistics; the first

@@ -63,7 +63,12 @@ class EvalPool:
         self.running: dict[Any, tuple[Any, Any, float]] = {}  # evaluate ref -> (actor, checkpoint, start time)
         self.replacements_left = 2 * size
         actors = [self.actor_class.remote(config) for _ in range(size)]
-        self._start_first(actors[0])
+        try:
+            self._start_first(actors[0])
+        except PoolError:
+            for actor in actors:
+                ray.kill(actor)
+            raise
         for actor in actors[1:]:
             self.starting[actor.prepare.remote(data)] = actor
 

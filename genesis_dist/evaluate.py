@@ -74,7 +74,6 @@ class Evaluation:
         self.pool = None
         self.queue: list[CheckpointInfo] = []
         self.failed: set[str] = set()  # checkpoint URLs@step not retried in this invocation
-        self.reported_incomplete: set[str] = set()
         self.evaluated_now = 0
 
     def _busy_steps(self) -> set[int]:
@@ -126,10 +125,9 @@ class Evaluation:
                                  "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         self.log(f"[eval] step {checkpoint.step} ({checkpoint.name}): FAILED, skipped: {result['error']}")
 
-    def _note_incomplete(self, found: list[CheckpointInfo], final: bool) -> None:
+    def _note_incomplete(self, found: list[CheckpointInfo]) -> None:
         for c in found:
-            if not c.ready and c.url not in self.reported_incomplete and final:
-                self.reported_incomplete.add(c.url)
+            if not c.ready:
                 self.log(f"[eval] {c.name}: incomplete ({c.reason}), skipped")
 
     def run(self) -> int:
@@ -167,7 +165,7 @@ class Evaluation:
             if self.pool is not None:
                 self.pool.shutdown()
             self.report.close()
-        self._note_incomplete(found, final=True)
+        self._note_incomplete(found)
         total = len(self.report.evaluated_steps())
         self.log(f"[eval] done: {self.evaluated_now} evaluated now, {total} in all, {len(self.failed)} failed; "
                  f"results in {self.run_url}/eval/ (metrics.md, metrics.jsonl, metrics.png, figures/)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 from .eval_report import format_value, markdown_table, read_records
 from .storage import filesystem, join
