@@ -158,9 +158,13 @@ class Evaluation:
                 else:
                     time.sleep(max(0.0, next_scan - time.monotonic()))
                 if cfg.watch and time.monotonic() >= next_scan:
-                    finished = run_finished(self.run_url, self.storage_options)  # before the scan: it sees the last checkpoint
-                    found = self.discover()
                     next_scan = time.monotonic() + cfg.poll_seconds
+                    try:
+                        seen_finished = run_finished(self.run_url, self.storage_options)  # before the scan: it sees the last checkpoint
+                        found = self.discover()
+                        finished = seen_finished
+                    except OSError as err:  # a storage hiccup while watching for hours: try again next poll
+                        self.log(f"[eval] scanning {self.run_url} failed ({err.__class__.__name__}: {err}); retrying")
         finally:
             if self.pool is not None:
                 self.pool.shutdown()
