@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import load_checkpoint, read_meta
 from .eval_fid import fid_against_stats
-from .metrics import masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
+from .metrics import foreground_labels, masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
 from .models import build_model
 from .storage import join
 
@@ -54,14 +54,6 @@ def split_fingerprint(manifest: dict[str, Any], split: str) -> str:
     content = {"dataset": manifest.get("dataset"), "resolution": manifest.get("resolution"), "split": split,
                "shards": [[s["name"], s["count"], s.get("sha256")] for s in entry["shards"]]}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def foreground_labels(masks: torch.Tensor, background_entities: int | None) -> torch.Tensor:
-    """Label maps `[B, H, W]` with labels `0 .. background_entities−1` (e.g. ObjectsRoom's sky,
-    floor and walls) merged into 0, the background the -FG scores leave out."""
-    if not background_entities or background_entities <= 1:
-        return masks
-    return torch.where(masks < background_entities, torch.zeros_like(masks), masks)
 
 
 def test_image_batches(data: dict[str, Any], batch_size: int, limit: int):

@@ -40,16 +40,22 @@ def _worker_file(rank: int) -> str:
 
 
 def _heldout_batch(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first `run.eval_images` images (and masks) of the evaluation split."""
-    from .data import make_loader
+    """The first `run.eval_images` images (and foreground label maps, background entities
+    such as ObjectsRoom's sky, floor and walls merged into 0) of the evaluation split."""
+    from .data import make_loader, read_manifest
+    from .metrics import foreground_labels
 
+    storage_options = dict(cfg.data.storage_options)
+    background_entities = read_manifest(cfg.data.url, storage_options).get("background_entities")
     loader = make_loader(
         cfg.data.url, cfg.data.eval_split, cfg.run.eval_images, rank=0, world_size=1, num_workers=0,
         seed=0, shuffle_buffer=0, drop_last=False, storage_options=dict(cfg.data.storage_options),
     )
     batch = next(iter(loader))
     masks = batch.get("mask")
-    return batch["image"].to(device), None if masks is None else masks.to(device)
+    if masks is None:
+        return batch["image"].to(device), None
+    return batch["image"].to(device), foreground_labels(masks, background_entities).to(device)
 
 
 def _read_history(url: str, storage_options: dict | None, upto_step: int) -> list[dict[str, Any]]:

@@ -173,3 +173,12 @@ def test_rejects_mismatched_or_float_maps():
         ari(torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(2, 4, 5, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         segmentation_covering(torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(2, 4, 4))
+
+
+def test_foreground_labels_merge_background_entities():
+    from genesis_dist.metrics import foreground_labels
+
+    masks = torch.tensor([[[0, 1, 2, 3, 4, 5]]])
+    assert foreground_labels(masks, 4).tolist() == [[[0, 0, 0, 0, 4, 5]]]
+    assert foreground_labels(masks, 1).tolist() == masks.tolist()
+    assert foreground_labels(masks, None).tolist() == masks.tolist()

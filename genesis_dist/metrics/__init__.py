@@ -15,6 +15,7 @@ from .images import quantise, to_uint8
 from .probes import probe_accuracy
 from .segmentation import (
     ari,
+    foreground_labels,
     masks_to_labels,
     mean_ignoring_nan,
     segmentation_covering,
@@ -30,6 +31,7 @@ __all__ = [
     "feature_statistics",
     "fid_from_features",
     "fid_from_stats",
+    "foreground_labels",
     "masks_to_labels",
     "mean_ignoring_nan",
     "probe_accuracy",

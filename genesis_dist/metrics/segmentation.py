@@ -150,3 +150,11 @@ def slot_count_stats(num_slots_used: torch.Tensor, true_num_components: torch.Te
     if used.shape != true.shape:
         raise ValueError(f"need one count per image; got {tuple(used.shape)} and {tuple(true.shape)}")
     return {"mean_slots": float(used.mean()), "mae": float((used - true).abs().mean())}
+
+
+def foreground_labels(masks: torch.Tensor, background_entities: int | None) -> torch.Tensor:
+    """Label maps `[B, H, W]` with labels `0 .. background_entities−1` (e.g. ObjectsRoom's sky,
+    floor and walls) merged into 0, the background the -FG scores leave out."""
+    if not background_entities or background_entities <= 1:
+        return masks
+    return torch.where(masks < background_entities, torch.zeros_like(masks), masks)
