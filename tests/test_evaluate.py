@@ -17,6 +17,8 @@ ray = pytest.importorskip("ray")
 from fid_weights import seed_torch_home  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from tiny_config import TINY as BASE_TINY  # noqa: E402
+
 from genesis_dist.checkpoint import save_checkpoint  # noqa: E402
 from genesis_dist.config import load_config, load_eval_config  # noqa: E402
 from genesis_dist.eval_checkpoint import CheckpointEvaluator  # noqa: E402
@@ -26,13 +28,7 @@ from genesis_dist.metrics import feature_statistics, fid_from_features  # noqa: 
 from genesis_dist.models import build_model  # noqa: E402
 from genesis_dist.train import build_trainer, ensure_dataset  # noqa: E402
 
-TINY = [
-    "model.img_size=32", "model.num_slots=3", "model.encoder_filters=8", "model.head_filters=8",
-    "model.decoder_filters=8", "model.mlp_hidden=16", "model.feature_dim=16", "model.latent_dim=8",
-    "model.prior_hidden=16", "optim.batch_size=8", "optim.lr=1e-3", "run.log_every=1",
-    "run.checkpoint_every=2", "run.image_every=1000", "run.eval_images=8", "data.num_workers=0",
-    "data.shuffle_buffer=16", "scaling.cpus_per_worker=1", "optim.steps=6", "run.keep_checkpoints=5",
-]
+TINY = BASE_TINY + ["optim.steps=6", "run.keep_checkpoints=5"]
 STEPS = (2, 4, 6)
 
 

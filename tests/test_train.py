@@ -11,19 +11,14 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from tiny_config import TINY  # noqa: E402
+
 from genesis_dist.checkpoint import load_checkpoint  # noqa: E402
 from genesis_dist.config import load_config  # noqa: E402
 from genesis_dist.train import build_trainer, ensure_dataset  # noqa: E402
 from genesis_dist.worker import parameters_digest  # noqa: E402
 from genesis_dist.models import build_model  # noqa: E402
 
-TINY = [
-    "model.img_size=32", "model.num_slots=3", "model.encoder_filters=8", "model.head_filters=8",
-    "model.decoder_filters=8", "model.mlp_hidden=16", "model.feature_dim=16", "model.latent_dim=8",
-    "model.prior_hidden=16", "optim.batch_size=8", "optim.lr=1e-3", "run.log_every=1",
-    "run.checkpoint_every=2", "run.image_every=1000", "run.eval_images=8", "data.num_workers=0",
-    "data.shuffle_buffer=16", "scaling.cpus_per_worker=1", "run.deterministic=true",
-]
 
 
 @pytest.fixture(scope="module")
