@@ -167,6 +167,13 @@ def test_gated_transposed_conv_fast_paths_equal_the_module(args, shape):
     assert torch.allclose(layer._convolve(x), layer.conv(x), atol=1e-12)
 
 
+def test_fully_connected_gated_conv_equals_the_module():
+    torch.manual_seed(0)
+    layer = GatedConv(8, 6, 5, norm=False).double()
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(layer._convolve(x), layer.conv(x), atol=1e-12)
+
+
 def test_gated_linear_unit_matches_glu_and_keeps_channels_last():
     y = torch.randn(2, 4, 3, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     y.requires_grad_()
