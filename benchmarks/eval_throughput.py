@@ -40,16 +40,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def inception_rate(device: torch.device, num_images: int, size: int, batch_size: int) -> float:
-    """Images per second through pytorch-fid's Inception (input `size` px, resized to 299)."""
+def inception_rate(device: torch.device, num_images: int, size: int, batch_size: int) -> tuple[float, float]:
+    """(images per second, CPU-seconds of this process per image) through pytorch-fid's
+    Inception (input `size` px, resized to 299)."""
     features = InceptionFeatures(batch_size=batch_size)
     images = torch.rand(num_images, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     features(images[:batch_size])  # warm-up (and cuDNN autotuning)
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     features(images)
     synchronize(device)
-    return num_images / (time.perf_counter() - start)
+    return num_images / (time.perf_counter() - start), (time.process_time() - cpu_start) / num_images
 
 
 def metric_rate(device: torch.device, num_images: int, size: int, slots: int, batch_size: int, repeats: int = 3) -> float:
@@ -107,10 +108,10 @@ def main() -> None:
     rows = []
     matrix = {method: matrix_seconds(method) for method in ("eigh", "sqrtm")}
     for device in devices:
-        inception = inception_rate(device, args.inception_images, args.size, args.batch_size)
+        inception, cpu_per_image = inception_rate(device, args.inception_images, args.size, args.batch_size)
         metrics = metric_rate(device, args.metric_images, args.size, args.slots, 32)
         samples_only = args.fid_images / inception  # test-set statistics come from the cache
-        rows.append((device.type, inception, metrics, samples_only, args.fid_images * 2 / inception))
+        rows.append((device.type, inception, cpu_per_image, metrics, samples_only, args.fid_images * 2 / inception))
     load_after = os.getloadavg()[0]
 
     lines = [
@@ -122,9 +123,9 @@ def main() -> None:
         f"| FID {args.fid_images // 1000}k vs cached test stats, est. | first FID incl. test stats, est. |",
         "|---|---|---|---|---|",
     ]
-    for device, inception, metrics, samples_only, first in rows:
+    for device, inception, cpu_per_image, metrics, samples_only, first in rows:
         lines.append(
-            f"| {device} | {inception:.2f} | {metrics:.0f} | {(samples_only + matrix['eigh'][0]) / 60:.1f} min "
+            f"| {device} | {inception:.2f} ({cpu_per_image:.2f} CPU-s/img) | {metrics:.0f} | {(samples_only + matrix['eigh'][0]) / 60:.1f} min "
             f"| {(first + matrix['eigh'][0]) / 60:.1f} min |"
         )
     lines += [
