@@ -6,7 +6,7 @@ covariance `S1 = Xᵀ X / (n − 1)` (X the centred features `[n, D]`) has rank 
 non-zero eigenvalues of `S1 S2` are those of the small symmetric matrix
 `M = X S2 Xᵀ / (n − 1)` `[n, n]` (eigenvalues of AB and BA agree). `S1 S2` is similar to
 the PSD matrix `S1^½ S2 S1^½`, so `Tr((S1 S2)^½) = Σ √λ_i(M)`: the same quantity, exact,
-in milliseconds. At n ≥ D this falls back to pytorch-fid's own routine (`fid_from_stats`).
+in milliseconds. At n ≥ D this falls back to pytorch-fid's `sqrtm` (`fid_from_stats(method="sqrtm")`).
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def fid_against_stats(features: torch.Tensor | np.ndarray, mu: np.ndarray, sigma
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"need features [n >= 2, D]; got {features.shape}")
     if features.shape[0] >= features.shape[1]:
-        return fid_from_stats(*feature_statistics(features), mu, sigma)
+        # pytorch-fid's own sqrtm: paper-size numbers match `python -m pytorch_fid` exactly.
+        return fid_from_stats(*feature_statistics(features), mu, sigma, method="sqrtm")
     mu1 = features.mean(axis=0)
     centred = features - mu1
     trace_s1 = float((centred**2).sum() / (features.shape[0] - 1))
