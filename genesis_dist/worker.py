@@ -217,8 +217,6 @@ def train_worker(config: dict[str, Any]) -> None:
                     checkpoint=Checkpoint.from_directory(folder),
                     checkpoint_dir_name=checkpoint_name(step),
                 )
-        elif step % cfg.run.log_every == 0:
-            ray.train.report(metrics)
     if logger is not None:
         logger.close()
         # Marks the run complete for `genesis_dist.evaluate --watch`.
