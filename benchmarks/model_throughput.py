@@ -14,14 +14,14 @@ import time
 
 import torch
 
-from genesis_dist.loop import autocast
+from genesis_dist.loop import autocast, use_channels_last
 from genesis_dist.models import build_model, count_parameters
 
 AUTHORS_SECONDS_PER_STEP = {("genesis_v2", 7): 5.49, ("genesis", 7): 8.03}
 
 
 def time_steps(model, images, precision: str, steps: int, warmup: int) -> float:
-    """Mean seconds per forward+backward step (after `warmup` untimed steps)."""
+    """Median seconds per forward+backward step (after `warmup` untimed steps)."""
     device = images.device
 
     def step():
@@ -32,14 +32,16 @@ def time_steps(model, images, precision: str, steps: int, warmup: int) -> float:
 
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -56,29 +58,33 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    configs = [("cpu", "fp32", args.steps, args.warmup)]
+    configs = [("cpu", "fp32", args.steps, args.warmup, False), ("cpu", "fp32", args.steps, args.warmup, True)]
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        configs += [("cuda", "fp32", args.gpu_steps, 10), ("cuda", "bf16", args.gpu_steps, 10)]
+        configs += [("cuda", p, args.gpu_steps, 10, cl) for p in ("fp32", "bf16") for cl in (False, True)]
     device_names = {"cpu": f"CPU ({torch.get_num_threads()} threads)"}
     if torch.cuda.is_available():
         device_names["cuda"] = torch.cuda.get_device_name()
     print(f"batch {args.batch_size}, {args.img_size} px, torch {torch.__version__}")
-    print(f"| model | K | device | precision | params | s/step | img/s | vs authors |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| model | K | device | precision | layout | params | s/step | img/s | vs authors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         for k in args.slots:
-            for device, precision, steps, warmup in configs:
+            for device, precision, steps, warmup, channels_last in configs:
                 torch.manual_seed(0)
                 model = build_model({"name": name, "img_size": args.img_size, "num_slots": k}).to(device)
                 images = torch.rand(args.batch_size, 3, args.img_size, args.img_size, device=device)
+                if channels_last:
+                    use_channels_last(model)
+                    images = images.contiguous(memory_format=torch.channels_last)
                 seconds = time_steps(model, images, precision, steps, warmup)
                 authors = AUTHORS_SECONDS_PER_STEP.get((name, k)) if device == "cpu" else None
                 ratio = f"{authors / seconds:.2f}×" if authors else "—"
                 print(
-                    f"| {name} | {k} | {device_names[device]} | {precision} | {count_parameters(model):,} "
+                    f"| {name} | {k} | {device_names[device]} | {precision} | {'NHWC' if channels_last else 'NCHW'} "
+                    f"| {count_parameters(model):,} "
                     f"| {seconds:.3f} | {args.batch_size / seconds:.1f} | {ratio} |",
                     flush=True,
                 )
