@@ -51,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data_url = str(root / "multi_dsprites")
-        ensure_dataset(load_config([f"data.url={data_url}", "data.generate_if_missing=true",
+        ensure_dataset(load_config(["experiment=paper_multi_dsprites", f"data.url={data_url}", "data.generate_if_missing=true",
                                     "data.generate_train=2000", "data.generate_test=64"]))
         ray.init(include_dashboard=False, log_to_driver=False)
         cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -25,6 +25,14 @@ def ensure_dataset(cfg: DictConfig) -> None:
     `data.generate_if_missing` is set; otherwise fail clearly when it is missing."""
     fs, path = filesystem(join(cfg.data.url, "manifest.json"), dict(cfg.data.storage_options))
     if fs.exists(path):
+        from .data import read_manifest
+
+        resolution = read_manifest(cfg.data.url, dict(cfg.data.storage_options)).get("resolution")
+        if resolution is not None and resolution != cfg.model.img_size:
+            raise ConfigError(
+                f"data.url={cfg.data.url} holds {resolution} px images but model.img_size={cfg.model.img_size}; "
+                f"set model.img_size={resolution} or convert the data at {cfg.model.img_size} px"
+            )
         return
     if not cfg.data.generate_if_missing:
         raise ConfigError(

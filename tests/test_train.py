@@ -111,3 +111,11 @@ def test_checkpoints_go_to_and_resume_from_s3(ray_cluster, shards, s3_server, mo
     fs.invalidate_cache()
     history = [json.loads(l) for l in fs.cat_file(f"{run}/metrics.jsonl").decode().splitlines()]
     assert [r["step"] for r in history] == [1, 2, 3, 4]
+
+
+def test_resolution_mismatch_is_caught_before_training(shards, tmp_path):
+    from genesis_dist.config import ConfigError
+
+    cfg = _config(shards, tmp_path, "mismatch", "model.img_size=64")
+    with pytest.raises(ConfigError, match=r"holds 32 px images but model.img_size=64"):
+        ensure_dataset(cfg)
