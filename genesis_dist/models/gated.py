@@ -41,8 +41,8 @@ class _GatedLinearUnit(torch.autograd.Function):
         grad = torch.empty((h.shape[0], 2 * c, *h.shape[2:]), dtype=gate.dtype, device=gate.device, memory_format=layout)
         grad_h, grad_g = grad[:, :c], grad[:, c:]
         torch.mul(grad_out, gate, out=grad_h)
-        dh = grad_h * h
-        torch.addcmul(dh, dh, gate, value=-1.0, out=grad_g)  # dh · (1 − gate)
+        torch.mul(grad_h, h, out=grad_g)
+        grad_g.addcmul_(grad_g, gate, value=-1.0)  # · (1 − gate), no temporary
         return grad
 
 
