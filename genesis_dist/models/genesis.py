@@ -108,7 +108,8 @@ class Genesis(nn.Module):
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image probe features `[B, K·(Dm + Dc)]`: posterior means of z^m and
-        z^c (masks decoded from the z^m means), concatenated over slots."""
+        z^c (masks decoded from the z^m means), concatenated over slots. Call in
+        eval() mode, or BatchNorm uses (and updates) batch statistics."""
         check_images(x, self.img_size, "Genesis")
         _, qm_mean, _ = self.mask_vae.posterior(x, sample=False)
         qc_mean, _ = self._component_posterior(x, self.mask_vae.log_masks(qm_mean))
@@ -167,7 +168,8 @@ class GenesisS(nn.Module):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-image probe features: posterior means concatenated over slots, `[B, K·D]`."""
+        """Per-image probe features: posterior means concatenated over slots,
+        `[B, K·D]`. Call in eval() mode (BatchNorm)."""
         check_images(x, self.img_size, "GenesisS")
         _, q_mean, _ = self.mask_vae.posterior(x, sample=False)
         return q_mean.flatten(1)
