@@ -55,37 +55,40 @@ class ComponentDecoder(nn.Module):
         super().__init__()
         self.broadcast_size = img_size + 2 * num_layers
         self.first = nn.Conv2d(latent_dim + 2, filters, 3)
-        rest: list[nn.Module] = [nn.ELU(inplace=True)]
+        self.first_act = nn.ELU(inplace=True)
+        rest: list[nn.Module] = []
         for _ in range(num_layers - 1):
             rest += [nn.Conv2d(filters, filters, 3), nn.ELU(inplace=True)]
         rest.append(PointwiseConv(filters, out_ch))
         self.rest = nn.Sequential(*rest)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.rest(self._first_layer(z))
+        # The in-place ELU acts on the NHWC tensor itself, not on a permuted view
+        # of it (which would make autograd clone the gradient); the permuted
+        # result is a channels_last NCHW tensor.
+        return self.rest(self.first_act(self._first_layer_nhwc(z)).permute(0, 3, 1, 2))
 
-    def _first_layer(self, z: torch.Tensor) -> torch.Tensor:
-        """`self.first(spatial_broadcast(z))` without building the broadcast.
+    def _first_layer_nhwc(self, z: torch.Tensor) -> torch.Tensor:
+        """`self.first(spatial_broadcast(z))`, in NHWC layout, without building the broadcast.
 
         The conv has no padding, so every window sees the same tiled z: its z part
         is a linear map of z (kernel summed over space), and its coordinate part
-        is the same for every slot and computed once. `[N, D]` → `[N, F, H+2L-2, W+2L-2]`.
+        is the same for every slot and computed once. `[N, D]` → `[N, H+2L-2, W+2L-2, F]`.
+        The sum over slots in the backward then runs over a contiguous leading dim
+        (summing dim 0 of a channels_last tensor is very slow on CPU).
         """
         size = self.broadcast_size
         d = z.shape[1]
         coords = coordinate_grid(size, size, z).unsqueeze(0)
         coord_part = F.conv2d(coords, self.first.weight[:, d:], self.first.bias)
         z_part = F.linear(z, self.first.weight[:, :d].sum(dim=(2, 3)))
-        # Add in NHWC so that the backward's sum over slots is over a contiguous
-        # leading dim (summing dim 0 of a channels_last tensor is very slow on CPU);
-        # the permuted result is channels_last.
-        out = coord_part[0].permute(1, 2, 0).contiguous().unsqueeze(0) + z_part[:, None, None, :].to(coord_part.dtype)
-        return out.permute(0, 3, 1, 2)
+        coord_nhwc = coord_part[0].permute(1, 2, 0).contiguous().unsqueeze(0)
+        return coord_nhwc + z_part[:, None, None, :].to(coord_nhwc.dtype)
 
     def reference_forward(self, z: torch.Tensor) -> torch.Tensor:
         """The same map computed literally on the broadcast grid (for tests)."""
         size = self.broadcast_size
-        return self.rest(self.first(spatial_broadcast(z, size, size)))
+        return self.rest(self.first_act(self.first(spatial_broadcast(z, size, size))))
 
 
 class ComponentPrior(nn.Module):
