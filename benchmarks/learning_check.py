@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from genesis_dist.config import ObjectiveConfig
-from genesis_dist.loop import make_objective, seed_everything, train_step, use_channels_last
+from genesis_dist.training.loop import make_objective, seed_everything, train_step, use_channels_last
 from genesis_dist.metrics import ari, masks_to_labels
 from genesis_dist.models import GenesisV2, count_parameters
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from genesis_dist.loop import autocast, use_channels_last
+from genesis_dist.training.loop import autocast, use_channels_last
 from genesis_dist.models import build_model, count_parameters
 
 AUTHORS_SECONDS_PER_STEP = {("genesis_v2", 7): 5.49, ("genesis", 7): 8.03}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .training.checkpoint import CheckpointError, load_checkpoint
 from .models import build_model
 
 

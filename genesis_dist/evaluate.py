@@ -27,8 +27,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, load_eval_config
-from .eval_discovery import CheckpointInfo, CheckpointScanner, run_exists, run_finished
-from .eval_report import EvalReport
+from .evaluation.discovery import CheckpointInfo, CheckpointScanner, run_exists, run_finished
+from .evaluation.report import EvalReport
 
 SUMMARY_KEYS = (("elbo", ".1f"), ("ari_fg", ".3f"), ("msc_fg", ".3f"), ("att_ari_fg", ".3f"),
                 ("flex_mean_slots", ".2f"), ("fid", ".1f"))
@@ -92,7 +92,7 @@ class Evaluation:
         return found
 
     def _start_pool(self) -> None:
-        from .eval_pool import EvalPool, PoolError
+        from .evaluation.pool import EvalPool, PoolError
 
         _init_ray()
         size = self.cfg.actors if self.cfg.watch else min(self.cfg.actors, len(self.queue))
@@ -103,7 +103,7 @@ class Evaluation:
             raise EvaluationError(str(err)) from None
 
     def _dispatch(self) -> None:
-        from .eval_pool import PoolError
+        from .evaluation.pool import PoolError
 
         if self.queue and self.pool is None:
             self._start_pool()
@@ -179,7 +179,7 @@ class Evaluation:
 def _init_ray() -> None:
     import ray
 
-    from .eval_pool import actor_environment
+    from .evaluation.pool import actor_environment
 
     if not ray.is_initialized():
         # RAY_ADDRESS (set by `ray job submit`) joins the cluster; otherwise a local one starts.
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     if argv and argv[0] in ("compare", "--compare"):
-        from .published import compare_main
+        from .evaluation.published import compare_main
 
         return compare_main(argv[1:])
     try:

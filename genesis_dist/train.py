@@ -84,7 +84,7 @@ def build_trainer(cfg: DictConfig):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .worker import train_worker
+    from .training.worker import train_worker
 
     use_gpu = cfg.scaling.use_gpu
     if use_gpu is None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from genesis_dist.checkpoint import (
+from genesis_dist.training.checkpoint import (
     CheckpointError, load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state,
 )
 from genesis_dist.models import GenesisV2

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genesis_dist.checkpoint import save_checkpoint
+from genesis_dist.training.checkpoint import save_checkpoint
 from genesis_dist.config import load_config
 from genesis_dist.decompose import ImageError, load_image, main
 from genesis_dist.models import build_model

@@ -19,10 +19,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from tiny_config import TINY as BASE_TINY  # noqa: E402
 
-from genesis_dist.checkpoint import save_checkpoint  # noqa: E402
+from genesis_dist.training.checkpoint import save_checkpoint  # noqa: E402
 from genesis_dist.config import load_config, load_eval_config  # noqa: E402
-from genesis_dist.eval_checkpoint import CheckpointEvaluator  # noqa: E402
-from genesis_dist.eval_fid import fid_against_stats  # noqa: E402
+from genesis_dist.evaluation.checkpoint_eval import CheckpointEvaluator  # noqa: E402
+from genesis_dist.evaluation.fid_stats import fid_against_stats  # noqa: E402
 from genesis_dist.evaluate import Evaluation, main  # noqa: E402
 from genesis_dist.metrics import feature_statistics, fid_from_features  # noqa: E402
 from genesis_dist.models import build_model  # noqa: E402

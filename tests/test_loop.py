@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from genesis_dist.config import ObjectiveConfig
-from genesis_dist.loop import make_objective, seed_everything, train, train_step
+from genesis_dist.training.loop import make_objective, seed_everything, train, train_step
 from genesis_dist.models import GenesisV2
 from genesis_dist.objectives import GECO
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .metrics import feature_statistics, fid_from_stats
+from ..metrics import feature_statistics, fid_from_stats
 
 
 def trace_sqrt_product_low_rank(features: np.ndarray, sigma: np.ndarray) -> float:

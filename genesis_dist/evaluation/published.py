@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
-from .eval_report import format_value, markdown_table, read_records
-from .storage import filesystem, join
+from .report import format_value, markdown_table, read_records
+from ..storage import filesystem, join
 
 PUBLISHED: dict[tuple[str, str], dict[str, tuple[float, float | None]]] = {
     ("objects_room", "genesis_v2"): {"ari_fg": (0.85, 0.01), "msc_fg": (0.59, 0.01), "fid": (52.6, 2.7), "elbo": (-7040, 2)},

@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .loop import evaluate_batch, make_grad_scaler, make_objective, seed_everything, train_step, use_channels_last
-from .models import build_model
-from .storage import filesystem, join
+from ..models import build_model
+from ..storage import filesystem, join
 
 
 def parameters_digest(model: torch.nn.Module) -> str:
@@ -42,8 +42,8 @@ def _worker_file(rank: int) -> str:
 def _heldout_batch(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first `run.eval_images` images (and foreground label maps, background entities
     such as ObjectsRoom's sky, floor and walls merged into 0) of the evaluation split."""
-    from .data import make_loader, read_manifest
-    from .metrics import foreground_labels
+    from ..data import make_loader, read_manifest
+    from ..metrics import foreground_labels
 
     storage_options = dict(cfg.data.storage_options)
     background_entities = read_manifest(cfg.data.url, storage_options).get("background_entities")
@@ -96,9 +96,9 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from .data import make_loader
-    from .figures import decomposition_grid, generation_steps_figure, save_png
-    from .tblog import RunLogger
+    from ..data import make_loader
+    from ..figures import decomposition_grid, generation_steps_figure, save_png
+    from .run_log import RunLogger
 
     cfg = OmegaConf.create(config["cfg"])
     run_url = config["run_url"]

@@ -18,7 +18,7 @@ import math
 import re
 from typing import Any, Sequence
 
-from .storage import filesystem, is_remote, join
+from ..storage import filesystem, is_remote, join
 
 RECORD_NAME = re.compile(r"^(\d{8})\.json$")
 # (record key, column title, format) in table order; columns without values are left out
@@ -117,14 +117,14 @@ class EvalReport:
         fs.pipe_file(path, (f"# Evaluation of {self.run_url}\n\n" + metrics_table(records)).encode())
         keys = [k for k in PLOTTED if any(isinstance(r.get(k), (int, float)) for r in records)]
         if keys:
-            from .figures import plot_metrics
+            from ..figures import plot_metrics
 
             history = sorted(records, key=lambda r: r["step"])
             plot_metrics(history, keys, join(self.folder, "metrics.png"), self.storage_options)
 
     def _tensorboard(self, step: int, record: dict[str, Any]) -> None:
         if self._logger is None:
-            from .tblog import RunLogger
+            from ..training.run_log import RunLogger
 
             self._logger = RunLogger(self.folder, self.storage_options)
         numbers = {k: float(v) for k, v in record.items()

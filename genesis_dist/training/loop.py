@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .objectives import GECO, BetaELBO, geco_goal, geco_step_size
+from ..objectives import GECO, BetaELBO, geco_goal, geco_step_size
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -160,7 +160,7 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor |
     """Held-out scores of one batch (eval mode): err, kl, elbo in nats per image and,
     when ground-truth label maps `masks [B, H, W]` are given, foreground ARI of the
     decoder masks (and of the IC-SBP attention masks, for GENESIS-V2)."""
-    from .metrics import ari, masks_to_labels
+    from ..metrics import ari, masks_to_labels
 
     was_training = model.training
     model.eval()

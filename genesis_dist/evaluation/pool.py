@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .eval_checkpoint import CheckpointEvaluator
-from .storage import aws_environment
+from .checkpoint_eval import CheckpointEvaluator
+from ..storage import aws_environment
 
 
 class PoolError(RuntimeError):

@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from .storage import filesystem, is_remote, join
+from ..storage import filesystem, is_remote, join
 
 
 class RunLogger:

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import META_FILE, STATE_FILE
-from .storage import filesystem, join
+from ..training.checkpoint import META_FILE, STATE_FILE
+from ..storage import filesystem, join
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint_\d+$")
 BEST = "best"

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint, read_meta
-from .eval_fid import fid_against_stats
-from .metrics import foreground_labels, masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
-from .models import build_model
-from .storage import join
+from ..training.checkpoint import load_checkpoint, read_meta
+from .fid_stats import fid_against_stats
+from ..metrics import foreground_labels, masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
+from ..models import build_model
+from ..storage import join
 
 FIGURE_IMAGES = 8  # rows of the decomposition and generation figures
 
@@ -59,7 +59,7 @@ def split_fingerprint(manifest: dict[str, Any], split: str) -> str:
 def test_image_batches(data: dict[str, Any], batch_size: int, limit: int):
     """Float image batches `[b, 3, H, W]` of the first `limit` images of the split, in
     manifest order (the same images every time)."""
-    from .data import make_loader
+    from ..data import make_loader
 
     loader = make_loader(data["url"], data["split"], batch_size, rank=0, world_size=1, num_workers=0, seed=0,
                          shuffle_buffer=0, drop_last=False, storage_options=data["storage_options"])
@@ -76,11 +76,11 @@ def test_image_batches(data: dict[str, Any], batch_size: int, limit: int):
 
 def load_test_set(data: dict[str, Any], limit: int | None, batch_size: int) -> TestSet:
     """The first `limit` images (all when None) of `data = {url, split, storage_options}`."""
-    from .data import read_manifest
+    from ..data import read_manifest
 
     manifest = read_manifest(data["url"], data["storage_options"])
     if data["split"] not in manifest.get("splits", {}):
-        from .data import DataError
+        from ..data import DataError
 
         raise DataError(f"{data['url']}: no split {data['split']!r} (splits: {', '.join(sorted(manifest.get('splits', {})))})")
     split_size = int(manifest["splits"][data["split"]]["count"])
@@ -92,7 +92,7 @@ def load_test_set(data: dict[str, Any], limit: int | None, batch_size: int) -> T
             small = batch_masks.numel() == 0 or int(batch_masks.max()) < 256
             masks.append(batch_masks.to(torch.uint8 if small else torch.long))
     if not images:
-        from .data import DataError
+        from ..data import DataError
 
         raise DataError(f"{data['url']}: split {data['split']!r} has no images")
     labels = foreground_labels(torch.cat(masks), manifest.get("background_entities")) if masks else None
@@ -143,7 +143,7 @@ class CheckpointEvaluator:
         WeightsMissingError on user-fixable problems."""
         key = (data["url"], data["split"])
         if self.inception is None and self.config["fid_samples"] > 0:
-            from .metrics import InceptionFeatures
+            from ..metrics import InceptionFeatures
 
             self.inception = InceptionFeatures(batch_size=min(50, self.config["batch_size"]), allow_download=True)
         if key not in self.test_sets:
@@ -152,7 +152,7 @@ class CheckpointEvaluator:
             self.test_sets[key] = load_test_set(data, held, self.config["batch_size"])
         test = self.test_sets[key]
         if self.inception is not None and key not in self.reference:
-            from .metrics import cached_statistics
+            from ..metrics import cached_statistics
 
             count = min(self.config["fid_samples"], test.split_size)
             cache = os.path.expanduser(self.config["stats_cache"]) if "://" not in self.config["stats_cache"] else self.config["stats_cache"]
@@ -286,7 +286,7 @@ class CheckpointEvaluator:
                 "fid_test_images": reference_count}
 
     def _decomposition_figure(self, images: torch.Tensor, out, run_url: str, step: int) -> None:
-        from .figures import decomposition_grid, save_png
+        from ..figures import decomposition_grid, save_png
 
         n = FIGURE_IMAGES
         att = out.log_att_masks[:n] if out.log_att_masks is not None else None
@@ -295,7 +295,7 @@ class CheckpointEvaluator:
                  self.config.get("storage_options") or None)
 
     def _generation_figure(self, samples, run_url: str, step: int) -> None:
-        from .figures import generation_steps_figure, save_png
+        from ..figures import generation_steps_figure, save_png
 
         n = FIGURE_IMAGES
         figure = generation_steps_figure(samples.components[:n], samples.log_masks[:n])
