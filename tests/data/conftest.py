@@ -1,4 +1,4 @@
-"""Fixtures of the data-layer tests: the real raw samples in ../shared/data and small shard sets."""
+"""Fixtures of the data-layer tests: the real raw samples in tests/fixtures and small shard sets."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,15 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import REPO, SHARED_DATA
+from data_helpers import FIXTURES, REPO
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real raw samples (read-only): sketchy/, apc/, shapestacks/."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: the repository expects shared/ beside it")
-    return SHARED_DATA
+def raw_samples() -> Path:
+    """The real raw samples in the repository (read-only): sketchy/, apc/, shapestacks/."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")

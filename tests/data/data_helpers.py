@@ -6,7 +6,7 @@ import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO / ".." / "shared" / "data"
+FIXTURES = REPO / "tests" / "fixtures"  # small real raw samples (see its README)
 
 
 def damage_tar(path: Path, member_index: int) -> None:

@@ -1,4 +1,4 @@
-"""Converters on the real raw files in ../shared/data: Sketchy, APC, ShapeStacks."""
+"""Converters on the real raw files in tests/fixtures: Sketchy, APC, ShapeStacks."""
 from __future__ import annotations
 
 import io
@@ -26,10 +26,10 @@ def all_samples(url: str, split: str) -> list[dict]:
     return samples
 
 
-def test_sketchy_episode_gives_56_crops_of_128(shared_data, tmp_path):
+def test_sketchy_episode_gives_56_crops_of_128(raw_samples, tmp_path):
     episodes = tmp_path / "episodes"
     episodes.mkdir()
-    shutil.copy(shared_data / "sketchy" / "example_data.tfrecords", episodes / "episode_0001")
+    shutil.copy(raw_samples / "sketchy" / "example_data.tfrecords", episodes / "episode_0001")
     out = str(tmp_path / "out")
     manifest = convert_dataset(Sketchy(str(episodes)), out, workers=2, progress=False)
 
@@ -54,11 +54,11 @@ def test_sketchy_episode_gives_56_crops_of_128(shared_data, tmp_path):
     np.testing.assert_array_equal(got["image"], expected)
 
 
-def _apc_training_layout(shared_data, root, label=114):
+def _apc_training_layout(raw_samples, root, label=114):
     """The real colour frame in the training-set layout, with a ground-truth mask cut from segm.png."""
     scene = root / "shelf" / "kleenex_tissue_box" / "scene-0000"
     (scene / "masks").mkdir(parents=True)
-    source = shared_data / "apc" / "scene-0000"
+    source = raw_samples / "apc" / "scene-0000"
     shutil.copy(source / "frame-000000.color.png", scene / "frame-000000.color.png")
     # The toolbox's 16-bit confidence map sits beside the frame and must be ignored.
     shutil.copy(source / "frame-000000.kleenex_tissue_box.mask.png", scene / "frame-000000.kleenex_tissue_box.mask.png")
@@ -70,8 +70,8 @@ def _apc_training_layout(shared_data, root, label=114):
     return source, binary
 
 
-def test_apc_frame_to_128_centre_crop_with_aligned_binary_mask(shared_data, tmp_path):
-    source, binary = _apc_training_layout(shared_data, tmp_path / "training")
+def test_apc_frame_to_128_centre_crop_with_aligned_binary_mask(raw_samples, tmp_path):
+    source, binary = _apc_training_layout(raw_samples, tmp_path / "training")
     out = str(tmp_path / "out")
     manifest = convert_dataset(APC(str(tmp_path / "training")), out, progress=False)
     assert manifest["splits"]["train"]["count"] == 2 and manifest["has_mask"]
@@ -93,8 +93,8 @@ def test_apc_frame_to_128_centre_crop_with_aligned_binary_mask(shared_data, tmp_
     assert not samples["scene-empty"]["mask"].any()  # background-only scene
 
 
-def test_apc_missing_ground_truth_names_the_path(shared_data, tmp_path):
-    _apc_training_layout(shared_data, tmp_path / "training")
+def test_apc_missing_ground_truth_names_the_path(raw_samples, tmp_path):
+    _apc_training_layout(raw_samples, tmp_path / "training")
     missing = tmp_path / "training" / "shelf" / "kleenex_tissue_box" / "scene-0000" / "masks" / "frame-000000.mask.png"
     missing.unlink()
     try:
@@ -105,16 +105,16 @@ def test_apc_missing_ground_truth_names_the_path(shared_data, tmp_path):
         raise AssertionError("a frame without its mask converted")
 
 
-def test_shapestacks_scenario_to_64px_with_labels(shared_data, tmp_path):
+def test_shapestacks_scenario_to_64px_with_labels(raw_samples, tmp_path):
     out = str(tmp_path / "out")
-    converter = ShapeStacks(str(shared_data / "shapestacks"), split_set=None)
+    converter = ShapeStacks(str(raw_samples / "shapestacks"), split_set=None)
     manifest = convert_dataset(converter, out, progress=False)
     assert manifest["resolution"] == 64 and manifest["K"] == 9
-    assert not manifest["has_mask"]  # the shared scenario has no iseg maps
+    assert not manifest["has_mask"]  # the fixture scenario has no iseg maps
 
     samples = sorted(all_samples(out, "train"), key=lambda s: s["meta"]["view"])
     assert [s["meta"]["view"] for s in samples] == [1, 2]
-    folder = shared_data / "shapestacks" / "recordings" / "env_ccs-easy-h=5-vcom=2-vpsf=0-v=1"
+    folder = raw_samples / "shapestacks" / "recordings" / "env_ccs-easy-h=5-vcom=2-vpsf=0-v=1"
     for sample in samples:
         assert sample["meta"]["height"] == 5 and sample["meta"]["stable"] is False and sample["meta"]["vcom"] == 2
         raw = Image.open(folder / f"rgb-w=0-f=0-l=0-c=original-cam_{sample['meta']['view']}-mono-0.png")
@@ -123,9 +123,9 @@ def test_shapestacks_scenario_to_64px_with_labels(shared_data, tmp_path):
         np.testing.assert_array_equal(sample["image"], expected)
 
 
-def test_shapestacks_iseg_maps_decode_to_block_labels(shared_data, tmp_path):
+def test_shapestacks_iseg_maps_decode_to_block_labels(raw_samples, tmp_path):
     root = tmp_path / "shapestacks"
-    shutil.copytree(shared_data / "shapestacks" / "recordings", root / "recordings")
+    shutil.copytree(raw_samples / "shapestacks" / "recordings", root / "recordings")
     scenario = "env_ccs-easy-h=5-vcom=2-vpsf=0-v=1"
     labels = np.zeros((224, 224), dtype=np.uint8)
     for block in range(1, 6):  # five horizontal bands, bottom-up, plus an "unassigned" patch
@@ -148,8 +148,8 @@ def test_shapestacks_iseg_maps_decode_to_block_labels(shared_data, tmp_path):
         assert set(np.unique(sample["mask"])) == {0, 1, 2, 3, 4, 5}
 
 
-def test_inspect_grid_shows_images_and_mask_overlays(shared_data, tmp_path):
-    _apc_training_layout(shared_data, tmp_path / "training")
+def test_inspect_grid_shows_images_and_mask_overlays(raw_samples, tmp_path):
+    _apc_training_layout(raw_samples, tmp_path / "training")
     out = str(tmp_path / "out")
     convert_dataset(APC(str(tmp_path / "training")), out, progress=False)
     grid = np.asarray(sample_grid(out, "train", count=2, columns=2))

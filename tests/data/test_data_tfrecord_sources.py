@@ -41,8 +41,8 @@ def samples_of(url: str, split: str) -> list[dict]:
             for shard, count in split_shards(manifest, url, split) for raw in read_shard(shard, expected=count)]
 
 
-def test_reader_matches_protobuf_on_the_real_sketchy_file(shared_data):
-    records = list(iter_records(str(shared_data / "sketchy" / "example_data.tfrecords")))
+def test_reader_matches_protobuf_on_the_real_sketchy_file(raw_samples):
+    records = list(iter_records(str(raw_samples / "sketchy" / "example_data.tfrecords")))
     assert len(records) == 4
     for record in records:
         reference = example_pb2.Example()
@@ -58,8 +58,8 @@ def test_reader_matches_protobuf_on_the_real_sketchy_file(shared_data):
                 np.testing.assert_array_equal(parsed[name], np.asarray(values, dtype=parsed[name].dtype))
 
 
-def test_reader_checks_crcs_and_names_file_and_offset(shared_data, tmp_path):
-    data = bytearray((shared_data / "sketchy" / "example_data.tfrecords").read_bytes())
+def test_reader_checks_crcs_and_names_file_and_offset(raw_samples, tmp_path):
+    data = bytearray((raw_samples / "sketchy" / "example_data.tfrecords").read_bytes())
     first_length = struct.unpack("<Q", data[:8])[0]
     second = 16 + first_length
     data[second + 12 + 100] ^= 0xFF  # a flipped bit inside the second record's data
@@ -173,7 +173,7 @@ def test_bad_record_skipped_or_fatal_naming_source(tmp_path, shard_cli, capsys):
     assert f"skipping {path} record 1" in capsys.readouterr().err
 
 
-def test_sketchy_selected_episodes_split_by_sorted_name(shared_data, tmp_path):
+def test_sketchy_selected_episodes_split_by_sorted_name(raw_samples, tmp_path):
     from genesis_dist.data.formats.sketchy import Sketchy, split_episodes
 
     names = [f"ep{i:02d}" for i in range(20)]
@@ -181,7 +181,7 @@ def test_sketchy_selected_episodes_split_by_sorted_name(shared_data, tmp_path):
     folder = tmp_path / "episodes"
     folder.mkdir()
     for name in ("b", "a"):
-        shutil.copy(shared_data / "sketchy" / "example_data.tfrecords", folder / name)
+        shutil.copy(raw_samples / "sketchy" / "example_data.tfrecords", folder / name)
     with pytest.raises(SourceError, match="selected episodes not found: zz"):
         Sketchy(str(folder), episodes=["a", "zz"]).items("train", print).__next__()
     items = list(Sketchy(str(folder), episodes=["b"]).items("train", print))
