@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fid_weights import seed_torch_home
+from fid_weights import REQUIRE_ENV, seed_torch_home
 from genesis_dist.figures import save_png
 from genesis_dist.metrics import (
     InceptionFeatures,
@@ -123,11 +123,45 @@ def test_sqrtm_method_reproduces_the_cli(features, cli_fid):
 
 def test_missing_weights_give_a_one_line_error_naming_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("GENESIS_FID_WEIGHTS", raising=False)
     with pytest.raises(WeightsMissingError) as error:
         InceptionFeatures(allow_download=False)
     message = str(error.value)
     assert "\n" not in message
     assert str(tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth") in message
+
+
+@pytest.mark.parametrize("content", [None, b"not a torch file"])
+def test_weights_variable_naming_a_bad_file_is_a_one_line_error_naming_it(content, tmp_path, monkeypatch):
+    path = tmp_path / "copy.pth"
+    if content is not None:
+        path.write_bytes(content)
+    monkeypatch.setenv("GENESIS_FID_WEIGHTS", str(path))
+    with pytest.raises(WeightsMissingError) as error:
+        InceptionFeatures()
+    assert "\n" not in str(error.value) and str(path) in str(error.value) and "GENESIS_FID_WEIGHTS" in str(error.value)
+
+
+def test_weights_variable_names_a_copy_outside_the_hub_cache(torch_home, image_sets, features, tmp_path, monkeypatch):
+    copy = tmp_path / "elsewhere" / "inception.pth"
+    copy.parent.mkdir()
+    copy.symlink_to((torch_home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").resolve())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # nothing in the hub cache
+    monkeypatch.setenv("GENESIS_FID_WEIGHTS", str(copy))
+    (originals, _), _ = image_sets
+    assert torch.equal(InceptionFeatures(allow_download=False)(originals[:2]), features[0][:2])
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_tests_without_weights_skip_in_one_line_or_fail_when_required(required, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("GENESIS_FID_WEIGHTS", raising=False)
+    monkeypatch.setenv(REQUIRE_ENV, "1" if required else "0")
+    outcome = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(outcome) as stopped:
+        seed_torch_home(tmp_path / "home")
+    message = str(stopped.value)
+    assert "\n" not in message and "python -m pytorch_fid" in message and "GENESIS_FID_WEIGHTS" in message
 
 
 def never_iterated():

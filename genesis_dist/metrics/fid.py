@@ -3,8 +3,9 @@
 Images are quantised to 8 bits first, exactly as if they had been saved as PNG and read
 back, so a model's samples score the same here and through `python -m pytorch_fid` on
 their PNGs. The Inception weights are pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`,
-read from the torch hub cache (`$TORCH_HOME/hub/checkpoints/`); offline machines pre-seed
-that folder.
+found where pytorch-fid puts them: the torch hub cache (`$TORCH_HOME/hub/checkpoints/`,
+downloaded there on first use when the machine has internet access). `GENESIS_FID_WEIGHTS`
+may instead name a copy of the file (for offline machines and shared clusters).
 
 Test-set statistics are computed once per test set and cached as `.npz` under any fsspec
 URL, keyed by a caller-given string (the data manifest's sha256).
@@ -23,6 +24,7 @@ from ..storage import filesystem, join
 from .images import quantise
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS_ENV = "GENESIS_FID_WEIGHTS"
 FEATURE_DIM = 2048
 DEFAULT_NUM_IMAGES = 10_000
 
@@ -32,14 +34,17 @@ class WeightsMissingError(RuntimeError):
 
 
 def weights_path() -> str:
-    """Where pytorch-fid looks for its weights: `$TORCH_HOME/hub/checkpoints/<file>`."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", WEIGHTS_FILE)
+    """The weights file FID loads: `$GENESIS_FID_WEIGHTS` when set, else where pytorch-fid
+    looks and downloads to (`torch.hub.get_dir()/checkpoints/<file>`, i.e. `$TORCH_HOME/hub/checkpoints/`)."""
+    return os.environ.get(WEIGHTS_ENV) or os.path.join(torch.hub.get_dir(), "checkpoints", WEIGHTS_FILE)
 
 
 def _load_inception(allow_download: bool) -> torch.nn.Module:
     from pytorch_fid.inception import InceptionV3
 
     path = weights_path()
+    if os.environ.get(WEIGHTS_ENV):
+        return _inception_from_file(path)
     if not os.path.exists(path) and not allow_download:
         raise WeightsMissingError(f"FID Inception weights not found: put {WEIGHTS_FILE} at {path}")
     try:
@@ -48,8 +53,31 @@ def _load_inception(allow_download: bool) -> torch.nn.Module:
         if os.path.exists(path):
             raise
         raise WeightsMissingError(
-            f"FID Inception weights not found at {path} and not downloadable ({err.__class__.__name__}): put {WEIGHTS_FILE} there"
+            f"FID Inception weights not found at {path} and not downloadable ({err.__class__.__name__}): "
+            f"put {WEIGHTS_FILE} there or set {WEIGHTS_ENV} to a copy"
         ) from None
+
+
+def _inception_from_file(path: str) -> torch.nn.Module:
+    """pytorch-fid's network with its weights read from `path` instead of the hub cache."""
+    from unittest import mock
+
+    from pytorch_fid import inception
+
+    if not os.path.isfile(path):
+        raise WeightsMissingError(f"FID Inception weights not found at {path} (named by {WEIGHTS_ENV})")
+
+    def load_local(url: str, **_) -> dict:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the same user mistake
+            raise WeightsMissingError(f"{path} (named by {WEIGHTS_ENV}): not a readable weights file "
+                                      f"({err.__class__.__name__})") from None
+
+    # pytorch-fid builds its network and fetches the state dict in one call; this points that
+    # fetch at the file (the only way short of changing TORCH_HOME for the whole process).
+    with mock.patch.object(inception, "load_state_dict_from_url", load_local):
+        return inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]])
 
 
 class InceptionFeatures:
