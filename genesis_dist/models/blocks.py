@@ -49,23 +49,33 @@ class UNet(nn.Module):
     with skip concatenation and nearest ×2 resampling.
 
     Maps `[B, in_ch, H, W]` → `[B, base, H, W]` (base = 64 by default).
+
+    `norm="instance"` normalises each channel of each image on its own (MONet-G's
+    attention network): GroupNorm with one channel per group, which computes exactly
+    `nn.InstanceNorm2d(affine=True)` and runs faster on CPU.
     """
 
-    def __init__(self, img_size: int = 64, in_ch: int = 3, base: int = 64, mlp_hidden: int = 128):
+    def __init__(self, img_size: int = 64, in_ch: int = 3, base: int = 64, mlp_hidden: int = 128, norm: str = "group"):
         super().__init__()
+        if norm not in ("group", "instance"):
+            raise ValueError(f"UNet norm must be 'group' or 'instance', got {norm!r}")
         num_blocks = int(round(torch.log2(torch.tensor(float(img_size))).item())) - 1
         if 2 ** (num_blocks + 1) != img_size or num_blocks < 2:
             raise ValueError(f"UNet needs a power-of-two image size ≥ 8, got {img_size}")
         c = base
         down_out = [c, c] + [2 * c] * (num_blocks - 2)
         down_in = [in_ch] + down_out[:-1]
-        self.down = nn.ModuleList(ConvGNReLU(i, o) for i, o in zip(down_in, down_out))
+
+        def groups(channels: int) -> int:
+            return channels if norm == "instance" else 8
+
+        self.down = nn.ModuleList(ConvGNReLU(i, o, groups=groups(o)) for i, o in zip(down_in, down_out))
         # Up path mirrors the down path; each block sees [previous, skip] concatenated.
         up_out = list(reversed(down_in[1:])) + [c]
         up_prev = [down_out[-1]] + up_out[:-1]
         up_skip = list(reversed(down_out))
         self.up = nn.ModuleList(
-            ConvGNReLU(p + s, o) for p, s, o in zip(up_prev, up_skip, up_out)
+            ConvGNReLU(p + s, o, groups=groups(o)) for p, s, o in zip(up_prev, up_skip, up_out)
         )
         self.bottleneck_size = img_size // 2 ** (num_blocks - 1)
         flat = down_out[-1] * self.bottleneck_size**2

@@ -21,20 +21,24 @@ class ComponentEncoder(nn.Module):
 
     Args of forward: x `[N, 3, H, W]`, log_mask `[N, 1, H, W]`.
     Returns: (mean, std), each `[N, latent_dim]`.
+    `activation`: ELU (GENESIS) or ReLU (MONet-G), any in-place-capable module class.
     """
 
-    def __init__(self, img_size: int, latent_dim: int = 16, in_ch: int = 3, filters: int = 32, hidden: int = 256):
+    def __init__(
+        self, img_size: int, latent_dim: int = 16, in_ch: int = 3, filters: int = 32, hidden: int = 256,
+        activation: type[nn.Module] = nn.ELU,
+    ):
         super().__init__()
         if img_size % 16:
             raise ValueError(f"the component encoder needs an image size divisible by 16, got {img_size}")
         chans = (in_ch + 1, filters, filters, 2 * filters, 2 * filters)
         convs: list[nn.Module] = []
         for i, o in zip(chans[:-1], chans[1:]):
-            convs += [nn.Conv2d(i, o, 3, stride=2, padding=1), nn.ELU(inplace=True)]
+            convs += [nn.Conv2d(i, o, 3, stride=2, padding=1), activation(inplace=True)]
         self.convs = nn.Sequential(*convs)
         self.mlp = nn.Sequential(
             nn.Linear(chans[-1] * (img_size // 16) ** 2, hidden),
-            nn.ELU(inplace=True),
+            activation(inplace=True),
             nn.Linear(hidden, 2 * latent_dim),
         )
 
@@ -49,16 +53,20 @@ class ComponentDecoder(nn.Module):
     `(H + 2L)²` with 2 coordinate channels, L = 4 unpadded Conv3×3 (ELU), Conv1×1.
 
     Maps `[N, latent_dim]` → `[N, out_ch, H, W]` pre-activation (apply sigmoid for RGB).
+    `activation`: ELU (GENESIS) or ReLU (MONet-G), any in-place-capable module class.
     """
 
-    def __init__(self, img_size: int, latent_dim: int, out_ch: int = 3, filters: int = 32, num_layers: int = 4):
+    def __init__(
+        self, img_size: int, latent_dim: int, out_ch: int = 3, filters: int = 32, num_layers: int = 4,
+        activation: type[nn.Module] = nn.ELU,
+    ):
         super().__init__()
         self.broadcast_size = img_size + 2 * num_layers
         self.first = nn.Conv2d(latent_dim + 2, filters, 3)
-        self.first_act = nn.ELU(inplace=True)
+        self.first_act = activation(inplace=True)
         rest: list[nn.Module] = []
         for _ in range(num_layers - 1):
-            rest += [nn.Conv2d(filters, filters, 3), nn.ELU(inplace=True)]
+            rest += [nn.Conv2d(filters, filters, 3), activation(inplace=True)]
         rest.append(PointwiseConv(filters, out_ch))
         self.rest = nn.Sequential(*rest)
 

@@ -132,6 +132,7 @@ class GatedEncoder(nn.Module):
     the whole lowest-resolution map (the "fully connected layer"; 16×16 at 64 px).
 
     Maps `[N, in_ch, H, W]` → `[N, out_dim]` (out_dim = 256).
+    `norm=False` drops the BatchNorms (the single-latent VAE baselines).
     """
 
     def __init__(
@@ -141,10 +142,11 @@ class GatedEncoder(nn.Module):
         out_dim: int = 256,
         filters: tuple[int, ...] = ENCODER_FILTERS,
         strides: tuple[int, ...] = DEFAULT_STRIDES,
+        norm: bool = True,
     ):
         super().__init__()
         ins = (in_ch,) + tuple(filters[:-1])
-        layers = [GatedConv(i, o, 5, s, 2) for i, o, s in zip(ins, filters, strides)]
+        layers = [GatedConv(i, o, 5, s, 2, norm=norm) for i, o, s in zip(ins, filters, strides)]
         layers.append(GatedConv(filters[-1], out_dim, lowest_resolution(img_size, strides), norm=False))
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim
@@ -158,6 +160,7 @@ class GatedDecoder(nn.Module):
     resolution, five 5×5 gated transposed convs (BatchNorm), a 1×1 conv.
 
     Maps `[N, latent_dim]` → `[N, out_ch, H, W]` (logits, no activation).
+    `norm=False` drops the BatchNorms (the single-latent VAE baselines).
     """
 
     def __init__(
@@ -167,12 +170,13 @@ class GatedDecoder(nn.Module):
         out_ch: int = 1,
         filters: tuple[int, ...] = DECODER_FILTERS,
         strides: tuple[int, ...] = DEFAULT_STRIDES,
+        norm: bool = True,
     ):
         super().__init__()
         up_strides = tuple(reversed(strides))
         ins = (filters[0],) + tuple(filters[:-1])
         layers = [GatedConv(latent_dim, filters[0], lowest_resolution(img_size, strides), transposed=True, norm=False)]
-        layers += [GatedConv(i, o, 5, s, 2, transposed=True) for i, o, s in zip(ins, filters, up_strides)]
+        layers += [GatedConv(i, o, 5, s, 2, transposed=True, norm=norm) for i, o, s in zip(ins, filters, up_strides)]
         layers.append(PointwiseConv(filters[-1], out_ch))
         self.net = nn.Sequential(*layers)
 
