@@ -40,8 +40,10 @@ class GECO:
         Δ = C − err_ema
         β ← clamp(β · exp(λ · Δ · s), β_min, β_max),  s = speedup if Δ > 0 else 1
 
-    Under torch.distributed the err fed to the update is all-reduced (mean of
-    the rank means), so every rank holds the same β.
+    β and err_ema are float64 tensors on the model's device (`to(device)`), updated
+    there: a training step never waits for the host. Under torch.distributed the
+    err fed to the update is all-reduced (mean of the rank means) first, so every
+    rank holds the same β. `beta` / `err_ema` read them as Python floats (a host sync).
     """
 
     def __init__(
@@ -59,43 +61,59 @@ class GECO:
         self.step_size = step_size
         self.alpha = alpha
         self.speedup = speedup
-        self.beta = beta_init
         self.beta_min = beta_min
         self.beta_max = beta_max
         self.sync = sync
-        self.err_ema: float | None = None
+        self.beta_tensor = torch.tensor(float(beta_init), dtype=torch.float64)
+        self.err_ema_tensor = torch.tensor(float("nan"), dtype=torch.float64)  # NaN: no err seen yet
+
+    def to(self, device: torch.device | str) -> "GECO":
+        """Keep β and the EMA on `device`; returns self."""
+        self.beta_tensor = self.beta_tensor.to(device)
+        self.err_ema_tensor = self.err_ema_tensor.to(device)
+        return self
+
+    @property
+    def beta(self) -> float:
+        return float(self.beta_tensor)
+
+    @property
+    def err_ema(self) -> float | None:
+        value = float(self.err_ema_tensor)
+        return None if math.isnan(value) else value
 
     def loss(self, err: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         """Scalar loss `mean(err) + β · mean(kl)` with the current β.
 
         Args: err, kl `[B]` in nats per image (kl includes any auxiliary term
         that GECO weighs like the KL). Call `update(err.mean())` after the
-        optimiser step: the host sync it needs then stalls nothing.
+        optimiser step.
         """
-        return err.mean() + self.beta * kl.mean()
+        kl_mean = kl.mean()
+        return err.mean() + self.beta_tensor.to(kl_mean.dtype) * kl_mean
 
     @torch.no_grad()
-    def update(self, err: torch.Tensor | float) -> float:
-        """Update the EMA and β from a batch-mean err (nats); returns the new β."""
-        if isinstance(err, torch.Tensor):
-            if self.sync:
-                err = _global_mean(err.float())
-            err = float(err.item())
-        if self.err_ema is None:
-            self.err_ema = err
-        else:
-            self.err_ema = (1.0 - self.alpha) * err + self.alpha * self.err_ema
-        delta = self.goal - self.err_ema
-        speed = self.speedup if delta > 0 else 1.0
-        self.beta = min(max(self.beta * math.exp(self.step_size * delta * speed), self.beta_min), self.beta_max)
-        return self.beta
+    def update(self, err: torch.Tensor | float) -> torch.Tensor:
+        """Update the EMA and β from a batch-mean err (nats, a 0-dim tensor or a float)
+        without a host sync; returns the new β (a 0-dim float64 tensor)."""
+        err = torch.as_tensor(err, dtype=torch.float64, device=self.beta_tensor.device)
+        if self.sync:
+            err = _global_mean(err)
+        ema = self.err_ema_tensor
+        self.err_ema_tensor = torch.where(torch.isnan(ema), err, (1.0 - self.alpha) * err + self.alpha * ema)
+        delta = self.goal - self.err_ema_tensor
+        speed = torch.where(delta > 0, self.speedup, 1.0)
+        self.beta_tensor = (self.beta_tensor * torch.exp(self.step_size * delta * speed)).clamp(self.beta_min, self.beta_max)
+        return self.beta_tensor
 
     def state_dict(self) -> dict[str, float | None]:
         return {"beta": self.beta, "err_ema": self.err_ema}
 
     def load_state_dict(self, state: dict[str, float | None]) -> None:
-        self.beta = float(state["beta"])
-        self.err_ema = None if state["err_ema"] is None else float(state["err_ema"])
+        device = self.beta_tensor.device
+        self.beta_tensor = torch.tensor(float(state["beta"]), dtype=torch.float64, device=device)
+        ema = float("nan") if state["err_ema"] is None else float(state["err_ema"])
+        self.err_ema_tensor = torch.tensor(ema, dtype=torch.float64, device=device)
 
 
 class BetaELBO:
@@ -103,16 +121,22 @@ class BetaELBO:
 
     def __init__(self, beta: float = 1.0):
         self.beta = beta
+        self.beta_tensor = torch.tensor(float(beta), dtype=torch.float64)
+
+    def to(self, device: torch.device | str) -> "BetaELBO":
+        self.beta_tensor = self.beta_tensor.to(device)
+        return self
 
     def loss(self, err: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         return err.mean() + self.beta * kl.mean()
 
-    def update(self, err: torch.Tensor | float) -> float:
+    def update(self, err: torch.Tensor | float) -> torch.Tensor:
         """β is fixed: nothing to adapt."""
-        return self.beta
+        return self.beta_tensor
 
     def state_dict(self) -> dict[str, float]:
         return {"beta": self.beta}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.beta = float(state["beta"])
+        self.beta_tensor = torch.tensor(self.beta, dtype=torch.float64, device=self.beta_tensor.device)

@@ -1,12 +1,22 @@
-"""`python -m genesis_dist.train [overrides]`: distributed training with Ray Train.
+"""`python -m genesis_dist.train [--print-config] [--config FILE] [group=name ...] [key=value ...]`:
+distributed training with Ray Train.
 
-    python -m genesis_dist.train                                  # embedded default: local Ray, CPU
-    python -m genesis_dist.train experiment=paper_shapestacks scaling.num_workers=8
-    python -m genesis_dist.train model=genesis optim.lr=1e-4 run.storage_path=s3://bucket/runs
+    python -m genesis_dist.train                                  # the embedded demo: local Ray, CPU
+    python -m genesis_dist.train model=genesis data=shapestacks   # GENESIS as published, ShapeStacks' settings
+    python -m genesis_dist.train data=objects_room data.url=s3://bucket/objects_room scaling.num_workers=8
+    python -m genesis_dist.train --config runs/NAME/config.yaml optim.steps=1000000   # train a run longer
+    python -m genesis_dist.train model=genesis --print-config     # print the resolved config and exit
+
+Groups: model=genesis_v2|genesis|genesis_s|..., data=multi_dsprites|objects_room|
+shapestacks|gqn|sketchy|apc|..., experiment=demo|... (files under configs/). No group
+named: the demo. The run is named {model}-{data}[-{experiment}] unless run.name is set.
 
 Joins the Ray cluster in RAY_ADDRESS (set by `ray job submit`) or starts a local
 one. Re-running with the same `run.name` and `run.storage_path` resumes from the
-latest checkpoint.
+latest checkpoint; a run folder whose stored config.yaml differs in anything but
+optim.steps and the keys listed in config.MAY_CHANGE_ON_RESUME is refused.
+
+Exit status: 0 finished, 1 the run failed, 2 a usage or config error.
 """
 from __future__ import annotations
 
@@ -16,8 +26,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, resume_conflicts
 from .storage import aws_environment, filesystem, is_remote, join, ray_storage
+
+
+RUN_CONFIG_FILE = "config.yaml"
 
 
 def ensure_dataset(cfg: DictConfig) -> None:
@@ -113,13 +126,69 @@ def build_trainer(cfg: DictConfig):
     )
 
 
+def check_run_identity(cfg: DictConfig) -> str | None:
+    """Refuse to resume another run: compare `cfg` with the run folder's stored
+    `config.yaml`. Returns "new" or "resume"; raises ConfigError naming the keys that
+    differ outside `config.MAY_CHANGE_ON_RESUME`."""
+    stored_url = join(cfg.run.storage_path, cfg.run.name, RUN_CONFIG_FILE)
+    fs, path = filesystem(stored_url, dict(cfg.data.storage_options))
+    if not fs.exists(path):
+        return "new"
+    stored = OmegaConf.create(fs.cat_file(path).decode())
+    conflicts = resume_conflicts(stored, cfg)
+    if conflicts:
+        shown = ", ".join(f"{k} ({OmegaConf.select(stored, k)!r} → {OmegaConf.select(cfg, k)!r})" for k in conflicts[:4])
+        more = f" and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""
+        raise ConfigError(
+            f"run {cfg.run.name!r} in {cfg.run.storage_path} was started with another config: {shown}{more}; "
+            f"choose another run.name (or run.storage_path) to start a new run"
+        )
+    return "resume"
+
+
+def write_run_config(cfg: DictConfig) -> None:
+    """The resolved config, kept in the run folder (`python -m genesis_dist.train --config` takes it)."""
+    fs, path = filesystem(join(cfg.run.storage_path, cfg.run.name, RUN_CONFIG_FILE), dict(cfg.data.storage_options))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, OmegaConf.to_yaml(cfg).encode())
+
+
 def run(cfg: DictConfig):
-    """Train `cfg` to completion; returns Ray's Result."""
+    """Train `cfg` to completion; returns Ray's Result (raises ConfigError for a
+    config that conflicts with an existing run of the same name)."""
     cfg = with_absolute_paths(cfg)
+    check_run_identity(cfg)
     ensure_dataset(cfg)
+    write_run_config(cfg)
     _init_ray()
-    result = build_trainer(cfg).fit()
-    return result
+    return build_trainer(cfg).fit()
+
+
+def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
+    """(overrides, --config file, --print-config)."""
+    overrides, config_file, print_only = [], None, False
+    items = iter(argv)
+    for item in items:
+        if item == "--print-config":
+            print_only = True
+        elif item == "--config":
+            config_file = next(items, None)
+            if config_file is None:
+                raise ConfigError("--config needs a file: --config runs/NAME/config.yaml")
+        elif item.startswith("--config="):
+            config_file = item.split("=", 1)[1]
+        elif item.startswith("-"):
+            raise ConfigError(f"unknown option {item}; options: --config FILE, --print-config, --help")
+        else:
+            overrides.append(item)
+    return overrides, config_file, print_only
+
+
+def final_line(metrics: dict[str, Any]) -> str:
+    """The run's closing numbers: held-out err, KL, ELBO (nats per image) and
+    foreground ARI."""
+    keys = (("step", "d"), ("eval_err", ".1f"), ("eval_kl", ".1f"), ("eval_elbo", ".1f"), ("eval_ari_fg", ".3f"))
+    return " ".join(f"{k.removeprefix('eval_')} {metrics[k]:{spec}}" for k, spec in keys if isinstance(metrics.get(k), (int, float)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
-        cfg = with_absolute_paths(load_config(argv))
+        overrides, config_file, print_only = _parse_args(argv)
+        cfg = with_absolute_paths(load_config(overrides, base_file=config_file))
         print(OmegaConf.to_yaml(cfg), flush=True)
+        if print_only:
+            return 0
         result = run(cfg)
     except ConfigError as err:
         print(f"genesis_dist.train: error: {err}", file=sys.stderr)
@@ -139,11 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genesis_dist.train: the run failed: {result.error}", file=sys.stderr)
         return 1
     final = result.metrics or {}
-    keys = ("step", "err", "kl", "elbo", "beta", "eval_err", "eval_kl", "eval_elbo", "eval_ari_fg")
-    print("[genesis-dist] final: " + " ".join(f"{k} {final[k]:.4g}" for k in keys if k in final))
-    print(f"[genesis-dist] run folder: {run_url}")
+    print(f"[genesis-dist] run folder: {run_url}  TensorBoard: tensorboard --logdir {join(run_url, 'tensorboard')}")
     print(f"[genesis-dist] latest checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
-    print(f"[genesis-dist] figures: {join(run_url, 'figures')}  TensorBoard: tensorboard --logdir {join(run_url, 'tensorboard')}")
+    step = final.get("step")
+    figure = join(run_url, "figures", f"decomposition_{step:08d}.png") if isinstance(step, int) else join(run_url, "figures")
+    print(f"[genesis-dist] held-out: {final_line(final)} — open {figure}")
     return 0
 
 

@@ -16,7 +16,7 @@ from tiny_config import TINY  # noqa: E402
 from genesis_dist.training.checkpoint import load_checkpoint  # noqa: E402
 from genesis_dist.config import load_config  # noqa: E402
 from genesis_dist.train import build_trainer, ensure_dataset  # noqa: E402
-from genesis_dist.training.worker import parameters_digest  # noqa: E402
+from genesis_dist.training.hooks import parameters_digest  # noqa: E402
 from genesis_dist.models import build_model  # noqa: E402
 
 
@@ -119,3 +119,19 @@ def test_resolution_mismatch_is_caught_before_training(shards, tmp_path):
     cfg = _config(shards, tmp_path, "mismatch", "model.img_size=64")
     with pytest.raises(ConfigError, match=r"holds 32 px images but model.img_size=64"):
         ensure_dataset(cfg)
+
+
+def test_a_run_is_never_resumed_with_another_config(ray_cluster, shards, tmp_path, capsys):
+    from genesis_dist.train import main
+
+    args = TINY + [f"data.url={shards}", f"run.storage_path={tmp_path}", "run.name=same"]
+    assert main(args + ["optim.steps=2"]) == 0
+    assert (tmp_path / "same" / "config.yaml").exists()
+    capsys.readouterr()
+    assert main(args + ["optim.steps=2", "model.num_slots=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.num_slots (3 → 4)" in err and "run.name" in err
+    # Training longer is the same run: it resumes.
+    assert main(args + ["optim.steps=4"]) == 0
+    assert sorted(_history(tmp_path / "same")) == [1, 2, 3, 4]
+    assert "[genesis-dist] held-out: step 4 err" in capsys.readouterr().out

@@ -1,10 +1,22 @@
-"""One training step and a plain loop, with no Ray: testable alone, wrapped by
-`genesis_dist.train` for distributed runs."""
+"""The one training loop, with no Ray: `fit` runs steps and calls hooks.
+
+The Ray worker (`training/worker.py`), the tests and the learning benchmarks all
+call `fit`; what differs between them (checkpoints, logging, figures, reporting
+to Ray, time budgets) is a `Hook` (see `training/hooks.py`), as torchtitan
+composes its trainer from components.
+
+A step never waits for the host: its scalars stay on the device, summed in a
+`MetricWindow`, and are read (one synchronisation) only on steps where a hook
+asks for metrics (`log_every`, checkpoints).
+"""
 from __future__ import annotations
 
 import contextlib
+import math
 import random
-from typing import Any, Callable, Iterable, Iterator
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +25,7 @@ from torch import nn
 from ..objectives import GECO, BetaELBO, geco_goal, geco_step_size
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LAST_VALUE_METRICS = ("beta", "lr")  # reported as they are now, not averaged over the window
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -38,6 +51,25 @@ def make_objective(cfg: Any, img_size: int) -> GECO | BetaELBO:
         beta_min=cfg.beta_min,
         beta_max=cfg.beta_max,
     )
+
+
+def lr_factor(step: int, warmup_steps: int = 0, decay_every: int | None = None, decay_rate: float = 0.5) -> float:
+    """Learning-rate multiplier after `step` optimiser steps: linear warm-up over
+    `warmup_steps`, then ×`decay_rate` every `decay_every` steps (Slot Attention's
+    schedule: 10k warm-up, ×0.5 per 100k)."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if decay_every:
+        factor *= decay_rate ** (step // decay_every)
+    return factor
+
+
+def make_optimizer(params, cfg: Any) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam at `optim.lr` and its per-step schedule (`lr_factor`) from an OptimConfig."""
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.decay_every, cfg.decay_rate)
+    )
+    return optimizer, schedule
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -71,13 +103,15 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
     channels_last: bool = False,
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor]:
     """One optimisation step on `images` `[B, 3, H, W]` in [0, 1].
 
     `channels_last`: feed NHWC images (pair with `use_channels_last(model)`).
 
-    Returns scalars (nats per image): loss, err, kl, elbo, beta (after this
-    step's GECO update), grad_norm, and any auxiliary losses.
+    Returns detached 0-dim tensors on the model's device, not yet read by the host
+    (nats per image): loss, err, kl, elbo, beta (after this step's GECO update),
+    grad_norm (before clipping), and any auxiliary losses. Nothing here synchronises
+    with the host except the fp16 scaler's overflow check.
     """
     model.train()
     if channels_last:
@@ -94,7 +128,7 @@ def train_step(
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    max_norm = grad_clip if grad_clip is not None else float("inf")
+    max_norm = grad_clip if grad_clip is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if scaler is not None:
         scaler.step(optimizer)
@@ -104,55 +138,149 @@ def train_step(
     err_mean = err.detach().mean()
     beta = objective.update(err_mean)
     metrics = {
-        "loss": float(loss.detach()),
-        "err": float(err_mean),
-        "kl": float(kl.detach().mean()),
-        "elbo": float(-(err + kl).detach().mean()),
-        "beta": float(beta),
-        "grad_norm": float(grad_norm),
+        "loss": loss.detach(),
+        "err": err_mean,
+        "kl": kl.detach().mean(),
+        "elbo": -(err + kl).detach().mean(),
+        "beta": beta,
+        "grad_norm": grad_norm.detach(),
     }
-    metrics.update({name: float(v.detach().float().mean()) for name, v in out.aux.items()})
+    metrics.update({name: v.detach().float().mean() for name, v in out.aux.items()})
     return metrics
 
 
-def forever(batches: Callable[[], Iterable[Any]]) -> Iterator[Any]:
-    """Cycle through a re-iterable source of batches endlessly."""
-    while True:
-        yield from batches()
+class MetricWindow:
+    """Sums step metrics on the device; `read` returns their means since the last read
+    (`beta`, `lr`: the latest value) as Python floats — the one host sync."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.latest: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for name, value in metrics.items():
+            if name in LAST_VALUE_METRICS:
+                self.latest[name] = value
+            else:
+                self.sums[name] = self.sums[name] + value.double() if name in self.sums else value.double()
+        self.steps += 1
+
+    def read(self) -> dict[str, float]:
+        if not self.steps:
+            return {}
+        names = list(self.sums) + list(self.latest)
+        values = torch.stack([(self.sums[n] / self.steps) for n in self.sums]
+                             + [self.latest[n].double() for n in self.latest]).tolist()
+        self.sums, self.latest, self.steps = {}, {}, 0
+        return dict(zip(names, values))
 
 
-def train(
-    model: nn.Module,
-    objective: GECO | BetaELBO,
-    optimizer: torch.optim.Optimizer,
+@dataclass
+class TrainState:
+    """Everything a step changes. `model` is what is trained (DDP-wrapped in a
+    distributed run); `module` is the bare model (for saving and evaluation)."""
+
+    model: nn.Module
+    objective: GECO | BetaELBO
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    step: int = 0
+
+    @property
+    def module(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimiser, schedule, objective and scaler state (weights_only-safe)."""
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else {},
+            "objective": self.objective.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None and state.get("schedule"):
+            self.schedule.load_state_dict(state["schedule"])
+        self.objective.load_state_dict(state["objective"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = step
+
+
+class Hook:
+    """A component of the loop; every method is optional.
+
+    `fit` calls, per step: `before_step(state, step)`, the step, then
+    `after_step(state, metrics)` with `metrics` the window's floats on steps where
+    any hook's `wants_metrics(step)` is true (else None); then stops early if any
+    `should_stop(state)`. `on_end(state)` runs once when the loop ends (at `steps` or stopped).
+    """
+
+    def before_step(self, state: TrainState, step: int) -> None: ...
+
+    def wants_metrics(self, step: int) -> bool:
+        return False
+
+    def after_step(self, state: TrainState, metrics: dict[str, float] | None) -> None: ...
+
+    def should_stop(self, state: TrainState) -> bool:
+        return False
+
+    def on_end(self, state: TrainState) -> None: ...
+
+
+def fit(
+    state: TrainState,
     batches: Iterator[torch.Tensor],
     steps: int,
+    hooks: Sequence[Hook] = (),
     *,
     precision: str = "fp32",
     grad_clip: float | None = None,
     channels_last: bool = False,
-    start_step: int = 0,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-) -> list[dict[str, float]]:
-    """Run steps `start_step+1 .. steps`, feeding `[B,3,H,W]` image batches.
+    world_size: int = 1,
+) -> TrainState:
+    """Train from `state.step + 1` to `steps`, feeding `[B, 3, H, W]` image batches.
 
-    `on_step(step, metrics)` is called after each step (logging, checkpoints,
-    evaluation). Returns the per-step metrics.
+    Metrics read on a hook's request are window means plus `img_per_s` (all
+    `world_size` workers together), `lr` and `step`. Returns `state`.
     """
-    device = next(model.parameters()).device
-    scaler = make_grad_scaler(device, precision)
-    history = []
-    for step in range(start_step + 1, steps + 1):
+    device = next(state.module.parameters()).device
+    state.objective.to(device)
+    window = MetricWindow()
+    window_start, window_images = time.perf_counter(), 0
+    for step in range(state.step + 1, steps + 1):
+        for hook in hooks:
+            hook.before_step(state, step)
         images = next(batches).to(device, non_blocking=True)
-        metrics = train_step(
-            model, objective, optimizer, images, precision=precision, scaler=scaler, grad_clip=grad_clip,
-            channels_last=channels_last,
-        )
-        metrics["step"] = step
-        history.append(metrics)
-        if on_step is not None:
-            on_step(step, metrics)
-    return history
+        window.add(train_step(
+            state.model, state.objective, state.optimizer, images, precision=precision, scaler=state.scaler,
+            grad_clip=grad_clip, channels_last=channels_last,
+        ))
+        if state.schedule is not None:
+            state.schedule.step()
+        state.step = step
+        window_images += images.shape[0]
+        metrics = None
+        if step == steps or any(hook.wants_metrics(step) for hook in hooks):
+            metrics = window.read()
+            elapsed = time.perf_counter() - window_start
+            metrics.update(img_per_s=window_images * world_size / max(elapsed, 1e-9),
+                           lr=state.optimizer.param_groups[0]["lr"], step=step)
+            window_start, window_images = time.perf_counter(), 0
+        for hook in hooks:
+            hook.after_step(state, metrics)
+        if any(hook.should_stop(state) for hook in hooks):
+            break
+    for hook in hooks:
+        hook.on_end(state)
+    return state
 
 
 @torch.no_grad()
