@@ -1,0 +1,431 @@
+"""Typed configuration: schema, composition of config groups, dotlist overrides.
+
+A run's config is `configs/train.yaml`, then the chosen group files
+(`model=NAME` → `configs/model/NAME.yaml`, likewise `data=`, `experiment=`; each
+a partial config with any sections), then `key.path=value` overrides (see
+`load_config` for what a command line composes). Every value is checked against the dataclass
+schema below; a mistake is one `ConfigError` line naming the key and what is
+allowed.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+GROUPS = ("model", "data", "experiment")
+DEMO_EXPERIMENT = "demo"  # what `python -m genesis_dist.train` with no group named runs
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message is one line."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "genesis_v2"
+    img_size: int = 64
+    num_slots: int = 7
+    latent_dim: int = 64
+    component_latent_dim: int = 16  # GENESIS z^c
+    kernel: str = "gaussian"  # GENESIS-V2 IC-SBP kernel
+    embedding_dim: int = 8
+    feature_dim: int = 128
+    encoder_filters: int = 64
+    head_filters: int = 64
+    decoder_filters: int = 64
+    mlp_hidden: int = 128
+    prior_hidden: int = 256
+    pixel_std: float = 0.7
+    mask_loss: bool = False
+    stop_pixels: Optional[float] = None  # flexible number of slots at test time
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "geco"  # geco | elbo
+    goal: float = 0.5655  # GECO goal per pixel and channel
+    step_size: Optional[float] = None  # λ; None: 1e-5 · 64² / (H·W)
+    alpha: float = 0.99
+    speedup: float = 10.0
+    beta_init: float = 1.0
+    beta_min: float = 1e-10
+    beta_max: float = 1e10
+    beta: float = 1.0  # fixed β of the elbo objective
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    decay_every: Optional[int] = None  # multiply the learning rate by decay_rate every so many steps
+    decay_rate: float = 0.5
+    batch_size: int = 32  # global batch, split evenly across workers
+    steps: int = 500_000
+    grad_clip: Optional[float] = None  # max global gradient norm
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
+
+
+@dataclass
+class DataConfig:
+    name: str = "multi_dsprites"
+    url: str = "data/multi_dsprites"  # any fsspec URL: local path, s3://, gs://
+    train_split: str = "train"
+    eval_split: str = "test"
+    num_workers: int = 2  # DataLoader workers per training worker
+    shuffle_buffer: int = 1000
+    generate_if_missing: bool = False  # make a small Multi-dSprites set locally
+    generate_train: int = 2000
+    generate_test: int = 200
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 1
+    use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    name: str = ""  # empty: {model}-{data}[-{experiment}]
+    storage_path: str = "runs"  # local path or s3:// URL
+    seed: int = 0
+    deterministic: bool = True
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    image_every: int = 1000
+    eval_images: int = 64
+    max_failures: int = 2
+    kill_at_step: Optional[int] = None  # fault injection for tests: the last rank SIGKILLs itself once here
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class EvalConfig:
+    """`python -m genesis_dist.evaluate`: the evaluation actor pool (configs/eval.yaml)."""
+
+    run: str = ""  # run folder URL: {run.storage_path}/{run.name}
+    watch: bool = False  # keep polling for new checkpoints until the run writes finished.json
+    poll_seconds: float = 30.0
+    actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    batch_size: int = 64
+    fid_samples: int = 10_000  # model samples vs as many test images (papers: 10,000)
+    segmentation_images: int = 320  # papers: 320 test images
+    elbo_images: Optional[int] = None  # test images for ELBO / err / KL; None: the whole test split
+    stop_pixels: Optional[float] = None  # flexible number of slots (GENESIS-V2)
+    seed: int = 0  # posterior and prior noise, the same for every checkpoint
+    start_timeout_s: float = 600.0  # an actor that has not started by then (no resources) is an error
+    checkpoint_timeout_s: float = 3600.0  # an evaluation running longer is killed and reported failed
+    stats_cache: str = "~/.cache/genesis_dist/fid"  # test-set FID statistics, keyed by manifest sha256
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+CHOICES = {
+    "model.name": ("genesis_v2", "genesis", "genesis_s"),
+    "model.kernel": ("gaussian", "laplacian", "epanechnikov"),
+    "objective.name": ("geco", "elbo"),
+    "optim.precision": ("fp32", "bf16", "fp16"),
+}
+
+# Keys that may differ when a run is resumed: how long it trains, how it is logged and
+# where its workers run. Anything else changes what is trained, so resuming a run
+# folder whose stored config differs elsewhere is refused (see `resume_conflicts`).
+MAY_CHANGE_ON_RESUME = (
+    "optim.steps",
+    "optim.precision",
+    "data.url",
+    "data.num_workers",
+    "data.storage_options",
+    "data.generate_if_missing",
+    "data.generate_train",
+    "data.generate_test",
+    "scaling",
+    "run.storage_path",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.log_every",
+    "run.image_every",
+    "run.eval_images",
+    "run.max_failures",
+    "run.kill_at_step",
+)
+
+
+def find_config_dir() -> Path:
+    """The folder holding `train.yaml` and the group folders.
+
+    `GENESIS_DIST_CONFIGS` wins; then the copy installed inside the package
+    (`pip install .` puts the repository's top-level `configs/` there); then the
+    repository's `configs/` beside the package (a source checkout or editable install).
+    """
+    env = os.environ.get("GENESIS_DIST_CONFIGS")
+    if env:
+        return Path(env).expanduser()
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    return package.parent / "configs"
+
+
+def _one_line(err: OmegaConfBaseException, source: str) -> str:
+    key = getattr(err, "full_key", None) or "?"
+    msg = str(err).splitlines()[0]
+    if isinstance(err, ConfigKeyError):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        root = OmegaConf.structured(TrainConfig)
+        section = OmegaConf.select(root, parent) if parent else root
+        if isinstance(section, DictConfig):
+            msg = f"unknown key; allowed: {', '.join(section.keys())}"
+    return f"{source}: {key}: {msg}"
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except OSError as err:
+        raise ConfigError(f"config file unreadable: {path}: {err.strerror or err}") from None
+    except Exception as err:  # YAML syntax errors carry several lines
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if cfg is None or not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config sections")
+    return cfg
+
+
+def _group_file(group: str, name: str, config_dir: Path) -> DictConfig:
+    """`configs/GROUP/NAME.yaml`: a partial TrainConfig (any sections)."""
+    path = config_dir / group / f"{name}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        raise ConfigError(f"{group}={name}: no such config; available: {', '.join(available) or 'none'}")
+    return _load_yaml(path)
+
+
+def _check_choices(cfg: DictConfig, prefix: str = "") -> None:
+    for key, allowed in CHOICES.items():
+        if not key.startswith(prefix):
+            continue
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """Check the `model` section of a TrainConfig; raises ConfigError."""
+    _check_choices(cfg, "model.")
+    size = cfg.model.img_size
+    if size < 16 or size & (size - 1):
+        raise ConfigError(f"model.img_size={size}: must be a power of two ≥ 16")
+    if cfg.model.num_slots < 2:
+        raise ConfigError(f"model.num_slots={cfg.model.num_slots}: must be ≥ 2")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check enumerated choices and cross-field rules of a TrainConfig; raises ConfigError."""
+    _check_choices(cfg)
+    validate_model(cfg)
+    if cfg.optim.batch_size % cfg.scaling.num_workers:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} must be divisible by scaling.num_workers={cfg.scaling.num_workers}"
+        )
+    for key in ("optim.lr", "optim.steps", "scaling.num_workers", "run.checkpoint_every", "run.log_every"):
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0")
+    if not _RUN_NAME.fullmatch(cfg.run.name):
+        raise ConfigError(f"run.name={cfg.run.name!r}: use letters, digits, '.', '_' and '-' only")
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _split_defaults(cfg: DictConfig, source: str) -> tuple[DictConfig, dict[str, str]]:
+    """Separate a file's `defaults:` group selections from its values."""
+    cfg = cfg.copy()
+    defaults = cfg.pop("defaults", None)
+    if defaults is None:
+        return cfg, {}
+    selections = OmegaConf.to_container(defaults)
+    if not isinstance(selections, dict) or not set(selections) <= set(GROUPS):
+        raise ConfigError(f"{source}: defaults must map groups ({', '.join(GROUPS)}) to config names")
+    return cfg, {k: str(v) for k, v in selections.items()}
+
+
+def _split_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`group=name` selections and `key.path=value` overrides, in command-line order."""
+    groups: dict[str, str] = {}
+    values: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-4 or model=genesis)")
+        key, value = item.split("=", 1)
+        if "." not in key and key in GROUPS:
+            groups[key] = value
+        elif "." not in key and key in TrainConfig.__dataclass_fields__:
+            raise ConfigError(f"override {item!r}: {key} is a section; set one of its keys, e.g. {key}.<key>=value")
+        else:
+            values.append(item)
+    return groups, values
+
+
+def _apply_dotlist(cfg: DictConfig, values: list[str]) -> DictConfig:
+    try:
+        dotlist = OmegaConf.from_dotlist(values)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
+    return _merge(cfg, dotlist, "override")
+
+
+def derived_run_name(model: str, data: str, experiment: str | None) -> str:
+    """`{model}-{data}[-{experiment}]`, e.g. `genesis-shapestacks`."""
+    return "-".join([model, data] + ([experiment] if experiment else []))
+
+
+def load_config(overrides: list[str] | None = None, config_dir: str | Path | None = None,
+                base_file: str | Path | None = None) -> DictConfig:
+    """Compose a TrainConfig from the command line's words.
+
+    Later sources win: schema defaults → `train.yaml` → `model/NAME.yaml` (the
+    published architecture) → `data/NAME.yaml` (the dataset's resolution, K, GECO goal,
+    stop pixels) → `experiment/NAME.yaml` → `key=value` overrides.
+
+    - No group named (`[]`, or only `key=value`s): the embedded demo, `experiment=demo`.
+    - `model=` and/or `data=` named without `experiment=`: the paper setting of that
+      model on that dataset (`train.yaml` holds the papers' optimiser settings and
+      the default model and data).
+    - `experiment=NAME`: its `defaults:` choose model and data unless named too.
+    - `base_file`: a resolved config (a run's `config.yaml`, a sweep's `best.yaml`)
+      replaces the composition; only `key=value` overrides may follow.
+
+    Without `run.name`, the run is named `{model}-{data}[-{experiment}]`.
+    Returns a validated, read-only DictConfig with the TrainConfig schema.
+    """
+    config_dir = Path(config_dir) if config_dir else find_config_dir()
+    cli_groups, values = _split_overrides(list(overrides or []))
+    if base_file is not None:
+        if cli_groups:
+            raise ConfigError(f"--config {base_file}: group selections ({', '.join(cli_groups)}=) can't be combined with it; "
+                              "use key=value overrides")
+        cfg = _merge(OmegaConf.structured(TrainConfig), _load_yaml(Path(base_file)), str(base_file))
+        cfg = _apply_dotlist(cfg, values)
+        validate(cfg)
+        OmegaConf.set_readonly(cfg, True)
+        return cfg
+    base_path = config_dir / "train.yaml"
+    base, groups = _split_defaults(_load_yaml(base_path), str(base_path))
+    experiment_name = cli_groups.get("experiment") or (None if cli_groups else DEMO_EXPERIMENT)
+    experiment = None
+    if experiment_name is not None:
+        experiment, experiment_groups = _split_defaults(
+            _group_file("experiment", experiment_name, config_dir), f"experiment={experiment_name}"
+        )
+        groups.update(experiment_groups)
+    groups.update({k: v for k, v in cli_groups.items() if k != "experiment"})
+    cfg = _merge(OmegaConf.structured(TrainConfig), base, str(base_path))
+    for group in ("model", "data"):
+        if group in groups:
+            cfg = _merge(cfg, _group_file(group, groups[group], config_dir), f"{group}={groups[group]}")
+    if experiment is not None:
+        cfg = _merge(cfg, experiment, f"experiment={experiment_name}")
+    cfg = _apply_dotlist(cfg, values)
+    if not cfg.run.name:
+        cfg.run.name = derived_run_name(cfg.model.name, cfg.data.name, experiment_name)
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def differing_keys(a: DictConfig | dict, b: DictConfig | dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs (leaves only), skipping
+    keys equal to or under any of `ignore`."""
+    flat_a, flat_b = _flatten(_container(a)), _flatten(_container(b))
+    skipped = lambda key: any(key == p or key.startswith(p + ".") for p in ignore)  # noqa: E731
+    return sorted(k for k in set(flat_a) | set(flat_b) if not skipped(k) and flat_a.get(k) != flat_b.get(k))
+
+
+def resume_conflicts(stored: DictConfig | dict, requested: DictConfig | dict) -> list[str]:
+    """Keys outside `MAY_CHANGE_ON_RESUME` in which a run's stored config and the
+    requested one differ: a non-empty answer means it is another run."""
+    return differing_keys(stored, requested, MAY_CHANGE_ON_RESUME)
+
+
+def _container(cfg: DictConfig | dict) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_eval_config(overrides: list[str] | None = None, config_dir: str | Path | None = None) -> DictConfig:
+    """EvalConfig from `configs/eval.yaml` plus `key=value` overrides (one-line errors)."""
+    config_dir = Path(config_dir) if config_dir else find_config_dir()
+    cfg = OmegaConf.structured(EvalConfig)
+    path = config_dir / "eval.yaml"
+    if path.exists():
+        cfg = _merge(cfg, _load_yaml(path), str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. actors=4)")
+    try:
+        dotlist = OmegaConf.from_dotlist(list(overrides or []))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
+    try:
+        cfg = OmegaConf.merge(cfg, dotlist)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(err).splitlines()[0]
+        if isinstance(err, ConfigKeyError):
+            msg = f"unknown key; allowed: {', '.join(OmegaConf.structured(EvalConfig).keys())}"
+        raise ConfigError(f"override: {key}: {msg}") from None
+    if cfg.actors < 1:
+        raise ConfigError(f"actors={cfg.actors}: must be ≥ 1")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def model_config(overrides: list[str] | None = None, name: str | None = None) -> DictConfig:
+    """A validated ModelConfig: the published architecture `configs/model/NAME.yaml`
+    (default genesis_v2) plus `key=value` overrides of its keys."""
+    name = name or "genesis_v2"
+    cfg = _merge(OmegaConf.structured(TrainConfig), _group_file("model", name, find_config_dir()), f"model={name}")
+    cfg = _apply_dotlist(cfg, [f"model.{o}" for o in overrides or []])
+    validate_model(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg.model
