@@ -44,11 +44,12 @@ class ModelConfig:
     pixel_std: float = 0.7
     mask_loss: bool = False
     stop_pixels: Optional[float] = None  # flexible number of slots at test time
+    num_iterations: int = 3  # Slot Attention's attention iterations
 
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "geco"  # geco | elbo
+    name: str = "geco"  # geco | elbo | mse (Slot Attention's)
     goal: float = 0.5655  # GECO goal per pixel and channel
     step_size: Optional[float] = None  # λ; None: 1e-5 · 64² / (H·W)
     alpha: float = 0.99
@@ -141,9 +142,9 @@ class EvalConfig:
 
 
 CHOICES = {
-    "model.name": ("genesis_v2", "genesis", "genesis_s"),
+    "model.name": ("genesis_v2", "genesis", "genesis_s", "monet", "slot_attention", "bd_vae", "dc_vae"),
     "model.kernel": ("gaussian", "laplacian", "epanechnikov"),
-    "objective.name": ("geco", "elbo"),
+    "objective.name": ("geco", "elbo", "mse"),
     "optim.precision": ("fp32", "bf16", "fp16"),
 }
 
@@ -260,6 +261,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("optim.lr", "optim.steps", "scaling.num_workers", "run.checkpoint_every", "run.log_every"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0")
+    # Slot Attention has no likelihood or KL for GECO / the ELBO; the others have no MSE objective.
+    if (cfg.model.name == "slot_attention") != (cfg.objective.name == "mse"):
+        raise ConfigError(
+            f"objective.name={cfg.objective.name} does not train model.name={cfg.model.name}: "
+            "slot_attention trains with objective.name=mse, every other model with geco or elbo"
+        )
     if not _RUN_NAME.fullmatch(cfg.run.name):
         raise ConfigError(f"run.name={cfg.run.name!r}: use letters, digits, '.', '_' and '-' only")
 

@@ -1,4 +1,5 @@
-"""Training objectives: GECO (Rezende & Viola 2018) and the plain β-ELBO.
+"""Training objectives: GECO (Rezende & Viola 2018), the plain β-ELBO, and the
+mean squared error of the non-probabilistic Slot Attention baseline.
 
 Both take the model's per-image `err [B]` and `kl [B]` (nats) and return a scalar
 loss; GECO also adapts β from the reconstruction error (GENESIS Appendix B.4,
@@ -140,3 +141,31 @@ class BetaELBO:
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.beta = float(state["beta"])
         self.beta_tensor = torch.tensor(self.beta, dtype=torch.float64, device=self.beta_tensor.device)
+
+
+class MSE:
+    """Slot Attention's objective (Locatello et al. 2020): `mean(err)`, the model's
+    per-image mean squared error `[B]`; the KL argument is ignored (such a model
+    reports zeros), so β is 0 and never adapts."""
+
+    beta = 0.0
+
+    def __init__(self):
+        self.beta_tensor = torch.tensor(0.0, dtype=torch.float64)
+
+    def to(self, device: torch.device | str) -> "MSE":
+        self.beta_tensor = self.beta_tensor.to(device)
+        return self
+
+    def loss(self, err: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        return err.mean()
+
+    def update(self, err: torch.Tensor | float) -> torch.Tensor:
+        """Nothing to adapt; returns β = 0 (a 0-dim float64 tensor)."""
+        return self.beta_tensor
+
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Stateless: accepts its own (empty) state."""

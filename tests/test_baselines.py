@@ -329,3 +329,69 @@ def test_slot_decoder_fast_first_layer_equals_the_broadcast_convolution():
     grads_literal = torch.autograd.grad(literal.square().sum(), [z, *decoder.parameters()])
     for a, b in zip(grads_fast, grads_literal):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+# --- configs, the MSE objective, one step of the training loop ---
+
+
+@pytest.mark.parametrize("name", ["monet", "slot_attention", "bd_vae", "dc_vae"])
+def test_each_baseline_composes_from_its_config_and_builds(name):
+    from genesis_dist.config import load_config
+
+    cfg = load_config([f"model={name}", "data=shapestacks"])
+    assert cfg.model.name == name and cfg.model.img_size == 64 and cfg.run.name == f"{name}-shapestacks"
+    if name == "slot_attention":
+        assert cfg.objective.name == "mse" and cfg.model.num_iterations == 3 and cfg.model.latent_dim == 64
+        assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay_every, cfg.optim.decay_rate) == (
+            4e-4, 10_000, 100_000, 0.5)
+    else:
+        assert cfg.objective.name == "geco" and cfg.optim.lr == 1e-4
+    expected = {"monet": 974_085, "slot_attention": 479_332, "bd_vae": 9_143_747, "dc_vae": 11_549_091}[name]
+    assert count_parameters(build_model(cfg.model)) == expected
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["model=slot_attention", "objective.name=geco"], r"objective\.name=geco does not train model\.name=slot_attention"),
+        (["model=monet", "objective.name=mse"], r"objective\.name=mse does not train model\.name=monet"),
+        (["model.name=monet_g"], r"model\.name='monet_g' is not allowed; choose one of: .*slot_attention"),
+    ],
+)
+def test_objective_model_mismatch_is_one_line_error(overrides, pattern):
+    from genesis_dist.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_mse_objective_is_the_mean_error_and_ignores_the_kl():
+    from genesis_dist.objectives import MSE
+
+    objective = MSE()
+    err = torch.tensor([0.25, 0.75], requires_grad=True)
+    loss = objective.loss(err, torch.tensor([100.0, 200.0]))
+    assert loss.item() == 0.5
+    loss.backward()
+    assert err.grad.tolist() == [0.5, 0.5]
+    assert float(objective.update(torch.tensor(0.5))) == 0.0 and objective.beta == 0.0
+    restored = MSE()
+    restored.load_state_dict(objective.state_dict())
+    assert float(restored.to("cpu").update(1.0)) == 0.0
+
+
+@pytest.mark.parametrize("name", ["monet", "slot_attention", "bd_vae", "dc_vae"])
+def test_one_training_step_of_the_shared_loop(name):
+    from genesis_dist.objectives import GECO, MSE, geco_goal, geco_step_size
+    from genesis_dist.training.loop import train_step
+
+    model = small_model(name)
+    objective = MSE() if name == "slot_attention" else GECO(geco_goal(0.5655, SIZE), geco_step_size(SIZE))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics = train_step(model, objective, optimizer, torch.rand(4, 3, SIZE, SIZE), channels_last=True)
+    assert all(torch.isfinite(v) for v in metrics.values())
+    if name == "slot_attention":
+        assert float(metrics["loss"]) == pytest.approx(float(metrics["err"])) and float(metrics["kl"]) == 0
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
