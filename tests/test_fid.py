@@ -15,10 +15,10 @@ import torch
 
 from fid_weights import REQUIRE_ENV, seed_torch_home
 from genesis_dist.figures import save_png
+from genesis_dist.evaluation.fid_stats import cached_statistics
 from genesis_dist.metrics import (
     InceptionFeatures,
     WeightsMissingError,
-    cached_statistics,
     feature_statistics,
     fid_from_features,
     quantise,

@@ -152,7 +152,7 @@ class CheckpointEvaluator:
             self.test_sets[key] = load_test_set(data, held, self.config["batch_size"])
         test = self.test_sets[key]
         if self.inception is not None and key not in self.reference:
-            from ..metrics import cached_statistics
+            from .fid_stats import cached_statistics
 
             count = min(self.config["fid_samples"], test.split_size)
             cache = os.path.expanduser(self.config["stats_cache"]) if "://" not in self.config["stats_cache"] else self.config["stats_cache"]

@@ -1,11 +1,12 @@
 """Evaluation metrics: segmentation (ARI, SC, mSC), FID, representation probes.
 
+Pure functions of arrays and tensors: no storage, no Ray.
+
 Importing this package is light: pytorch-fid and scipy load on first FID use.
 """
 from .fid import (
     InceptionFeatures,
     WeightsMissingError,
-    cached_statistics,
     feature_statistics,
     fid_from_features,
     fid_from_stats,
@@ -27,7 +28,6 @@ __all__ = [
     "InceptionFeatures",
     "WeightsMissingError",
     "ari",
-    "cached_statistics",
     "feature_statistics",
     "fid_from_features",
     "fid_from_stats",

@@ -6,21 +6,16 @@ their PNGs. The Inception weights are pytorch-fid's `pt_inception-2015-12-05-672
 found where pytorch-fid puts them: the torch hub cache (`$TORCH_HOME/hub/checkpoints/`,
 downloaded there on first use when the machine has internet access). `GENESIS_FID_WEIGHTS`
 may instead name a copy of the file (for offline machines and shared clusters).
-
-Test-set statistics are computed once per test set and cached as `.npz` under any fsspec
-URL, keyed by a caller-given string (the data manifest's sha256).
+No storage here: `evaluation/fid_stats.py` caches test-set statistics.
 """
 from __future__ import annotations
 
-import io
 import os
-import re
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 
-from ..storage import filesystem, join
 from .images import quantise
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -164,40 +159,3 @@ def fid_from_features(
 ) -> float:
     """FID between two sets of Inception features `[N1, D]` and `[N2, D]` (see `fid_from_stats`)."""
     return fid_from_stats(*feature_statistics(features1), *feature_statistics(features2), method=method)
-
-
-def _cache_file(cache_url: str, key: str, num_images: int) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", key):
-        raise ValueError(f"statistics cache key must be [A-Za-z0-9._-]+ (e.g. a sha256); got {key!r}")
-    return join(cache_url, f"fid_stats_{key}_n{num_images}.npz")
-
-
-def cached_statistics(
-    key: str,
-    batches: Iterable[torch.Tensor],
-    cache_url: str,
-    features: InceptionFeatures | None = None,
-    num_images: int = DEFAULT_NUM_IMAGES,
-    storage_options: dict | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean `[2048]` and covariance `[2048, 2048]` of the first `num_images` images of
-    `batches` (float `[b, 3, H, W]` in [0, 1]), computed once and cached.
-
-    The cache is `<cache_url>/fid_stats_<key>_n<num_images>.npz` (any fsspec URL or local
-    path); `key` names the image set, e.g. the sha256 of the test split's manifest. On a
-    cache hit `batches` is not iterated and no network is loaded.
-    """
-    fs, path = filesystem(_cache_file(cache_url, key, num_images), storage_options)
-    if fs.exists(path):
-        with fs.open(path, "rb") as f:
-            stored = np.load(io.BytesIO(f.read()))
-            return stored["mu"], stored["sigma"]
-    features = features or InceptionFeatures()
-    image_features = features.of_batches(batches, num_images)
-    mu, sigma = feature_statistics(image_features)
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=mu, sigma=sigma, num_images=image_features.shape[0])
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as f:
-        f.write(buffer.getvalue())
-    return mu, sigma
