@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from genesis_dist.config import ObjectiveConfig
-from genesis_dist.training.loop import make_objective, seed_everything, train_step, use_channels_last
+from genesis_dist.training.loop import Hook, TrainState, fit, make_objective, seed_everything, use_channels_last
 from genesis_dist.metrics import ari, masks_to_labels
 from genesis_dist.models import GenesisV2, count_parameters
 
@@ -102,31 +102,41 @@ def main() -> int:
             return time.process_time() - cpu_start < 60 * args.minutes * args.threads
         return time.perf_counter() - start < 60 * args.minutes
 
-    recent: list[dict[str, float]] = []
-    step = 0
-    while step < args.max_steps and within_budget():
-        images, _ = squares_dataset(args.batch_size, size, rng)
-        recent.append(train_step(model, objective, optimizer, images, channels_last=channels_last))
-        step += 1
-        if step % args.eval_every == 0:
+    class Budget(Hook):
+        def should_stop(self, state: TrainState) -> bool:
+            return not within_budget()
+
+    class HeldOut(Hook):
+        """Every `--eval-every` steps: window means of err / KL, β, and held-out ARI-FG."""
+
+        def wants_metrics(self, step: int) -> bool:
+            return step % args.eval_every == 0
+
+        def after_step(self, state: TrainState, metrics: dict[str, float] | None) -> None:
+            if metrics is None or state.step % args.eval_every:
+                return
             dec, att = foreground_ari(model, held_out_images, held_out_labels)
             row = {
-                "step": step,
+                "step": state.step,
                 "seconds": round(time.perf_counter() - start, 1),
                 "cpu_seconds": round(time.process_time() - cpu_start, 1),
-                "err": float(np.mean([m["err"] for m in recent])),
-                "kl": float(np.mean([m["kl"] for m in recent])),
-                "beta": recent[-1]["beta"],
-                "ari_fg_decoder": dec,
-                "ari_fg_attention": att,
+                "err": metrics["err"], "kl": metrics["kl"], "beta": metrics["beta"],
+                "ari_fg_decoder": dec, "ari_fg_attention": att,
             }
-            recent = []
             curve.append(row)
             print(
-                f"{step:>6} {row['seconds']:>7.0f} {row['cpu_seconds']:>7.0f} {row['err']:>8.0f} {objective.goal:>6.0f} "
-                f"{row['kl']:>7.1f} {row['beta']:>8.3g} {dec:>10.3f} {att:>10.3f}",
+                f"{state.step:>6} {row['seconds']:>7.0f} {row['cpu_seconds']:>7.0f} {row['err']:>8.0f} "
+                f"{objective.goal:>6.0f} {row['kl']:>7.1f} {row['beta']:>8.3g} {dec:>10.3f} {att:>10.3f}",
                 flush=True,
             )
+
+    def batches():
+        while True:
+            yield squares_dataset(args.batch_size, size, rng)[0]
+
+    state = fit(TrainState(model, objective, optimizer), batches(), args.max_steps, [HeldOut(), Budget()],
+                channels_last=channels_last)
+    step = state.step
     best = max((r["ari_fg_decoder"] for r in curve), default=float("nan"))
     final = curve[-1]["ari_fg_decoder"] if curve else float("nan")
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
