@@ -46,12 +46,12 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=7)
     args = parser.parse_args()
     base = [f"optim.batch_size={args.batch_size}", f"model.num_slots={args.slots}", "data.num_workers=1",
-            "experiment=paper_multi_dsprites"] + (REDUCED if args.model_size == "reduced" else [])
+            "data=multi_dsprites"] + (REDUCED if args.model_size == "reduced" else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data_url = str(root / "multi_dsprites")
-        ensure_dataset(load_config(["experiment=paper_multi_dsprites", f"data.url={data_url}", "data.generate_if_missing=true",
+        ensure_dataset(load_config(["data=multi_dsprites", f"data.url={data_url}", "data.generate_if_missing=true",
                                     "data.generate_train=2000", "data.generate_test=64"]))
         ray.init(include_dashboard=False, log_to_driver=False)
         cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -404,8 +404,7 @@ def load_eval_config(overrides: list[str] | None = None, config_dir: str | Path 
     config_dir = Path(config_dir) if config_dir else find_config_dir()
     cfg = OmegaConf.structured(EvalConfig)
     path = config_dir / "eval.yaml"
-    if path.exists():
-        cfg = _merge(cfg, _load_yaml(path), str(path))
+    cfg = _merge(cfg, _load_yaml(path), str(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. actors=4)")
