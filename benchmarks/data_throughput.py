@@ -29,7 +29,7 @@ from s3_server import MotoServer  # noqa: E402
 
 from genesis_dist.data import make_loader  # noqa: E402
 from genesis_dist.data.formats import multi_dsprites  # noqa: E402
-from genesis_dist.data.fs import filesystem  # noqa: E402
+from genesis_dist.storage import filesystem  # noqa: E402
 
 GOAL_PER_NODE, NODE_CORES = 15_000, 16
 
@@ -91,7 +91,7 @@ def main() -> None:
                       f"(epoch incl. start-up {rates['epoch']:.0f}), {rates['cpu']:.0f} img/s per CPU-second",
                       flush=True)
 
-    per_core = min(row[4] for row in rows if row[1] > 1)  # with workers: what a trainer node runs
+    per_core = min(row[4] for row in rows if row[1] > 1 or max(args.workers) <= 1)  # with workers: a trainer node
     table = "\n".join([
         "| source | DataLoader workers | img/s (steady) | img/s (whole epoch) | img/s per CPU-second |",
         "|---|---:|---:|---:|---:|",

@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from genesis_dist.data.convert import convert_dataset
-from genesis_dist.data.errors import DataError
+from genesis_dist.data.errors import DataError, StorageError
 from genesis_dist.data.formats.apc import APC
 from genesis_dist.data.formats.gqn import GQNRooms
 from genesis_dist.data.formats.multi_dsprites import MultiDSprites
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except FileNotFoundError as error:
         print(f"error: {error.filename or error}: no such file or folder", file=sys.stderr)
-    except (DataError, ValueError) as error:
+    except (DataError, StorageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)

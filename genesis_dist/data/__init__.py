@@ -7,13 +7,10 @@
 Converters (one per dataset) live in `genesis_dist.data.formats`; `tools/shard.py` is their CLI.
 """
 from .errors import CorruptDataError, DataError, SourceError, StorageError
-from .fs import register_webdataset_openers
 from .loader import ShardLoader, make_loader
 from .manifest import read_manifest
 
-register_webdataset_openers()
-
 __all__ = [
     "CorruptDataError", "DataError", "ShardLoader", "SourceError", "StorageError",
-    "make_loader", "read_manifest", "register_webdataset_openers",
+    "make_loader", "read_manifest",
 ]

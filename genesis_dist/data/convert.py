@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .errors import SourceError
 from .formats.base import Converter, SourceItem
-from .fs import filesystem, join
+from ..storage import filesystem, join
 from .manifest import FORMAT, read_manifest_if_present, shard_name, write_manifest
 from .writer import ShardFile, encode_sample, stored_sha256
 

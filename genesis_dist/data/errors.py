@@ -1,5 +1,11 @@
-"""Errors of the data layer. Their messages are one line and name the path involved."""
+"""Errors of the data layer. Their messages are one line and name the path involved.
+
+StorageError (storage refused or kept failing after its retries) belongs to the bottom
+floor, genesis_dist.storage; it is re-exported here for the data API.
+"""
 from __future__ import annotations
+
+from ..storage import StorageError  # noqa: F401
 
 
 class DataError(RuntimeError):
@@ -12,7 +18,3 @@ class CorruptDataError(DataError):
 
 class SourceError(DataError):
     """A raw source file (before conversion) is unreadable or malformed."""
-
-
-class StorageError(DataError):
-    """Storage kept failing after every retry."""

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .fs import filesystem
+from ..storage import filesystem
 from .manifest import read_manifest, split_shards
 from .reader import decode_sample, read_shard
 

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from torch.utils.data import DataLoader
 
-from .errors import CorruptDataError, DataError
+from .errors import CorruptDataError, DataError, StorageError
 from .manifest import read_manifest, split_shards
 from .plan import batches_per_epoch
 from .stream import EVENTS, EpochStream, Layout
@@ -99,11 +99,11 @@ class ShardLoader:
 
 
 def _clean_worker_errors(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Re-raise a DataError from a DataLoader worker with its own one-line message
-    (torch wraps it in "Caught ... in DataLoader worker process N" and a traceback)."""
+    """Re-raise a DataError or StorageError from a DataLoader worker with its own one-line
+    message (torch wraps it in "Caught ... in DataLoader worker process N" and a traceback)."""
     try:
         yield from batches
-    except DataError as error:
+    except (DataError, StorageError) as error:
         text = str(error)
         if "Original Traceback" not in text:
             raise
@@ -138,7 +138,8 @@ def make_loader(url: str, split: str, batch_size: int, *, rank: int | None = Non
     restored loader yields exactly the batches an uninterrupted one would have yielded
     next. `set_epoch(e)` jumps to the start of epoch e; `forever()` runs over epochs.
 
-    Faults: transient storage errors are retried with backoff; corrupt samples and shards
+    Faults: transient storage errors are retried by the storage library (see
+    genesis_dist.storage), and what outlives the retries raises StorageError; corrupt samples and shards
     are skipped, logged and counted (`corrupt_events`, `corrupt_total`), and more than
     `max_corrupt` in one epoch on a rank raises CorruptDataError. A worker that produces
     nothing for `timeout` seconds raises instead of hanging.

@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from .errors import DataError
-from .fs import filesystem, join, protocol_of, with_retries
+from ..storage import filesystem, join, protocol_of, storage_errors
 
 FORMAT = "genesis-dist-shards/1"
 MANIFEST = "manifest.json"
@@ -42,7 +42,8 @@ def read_manifest_if_present(url: str, storage_options: dict[str, Any] | None = 
     """The manifest at `url`, or None when there is none."""
     fs, path = filesystem(join(url, MANIFEST), storage_options)
     try:
-        raw = with_retries(lambda: fs.cat_file(path), f"read {join(url, MANIFEST)}")
+        with storage_errors(join(url, MANIFEST)):
+            raw = fs.cat_file(path)
     except FileNotFoundError:
         return None
     try:
@@ -58,13 +59,14 @@ def write_manifest(url: str, manifest: dict[str, Any], storage_options: dict[str
     """Write `manifest` to `url/manifest.json` (whole-object write: atomic on object stores)."""
     fs, path = filesystem(join(url, MANIFEST), storage_options)
     data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-    if protocol_of(url) == "file":  # write-then-rename, so readers never see half a file
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        tmp = path + ".tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:
-        with_retries(lambda: fs.pipe_file(path, data), f"write {join(url, MANIFEST)}")
+    with storage_errors(join(url, MANIFEST)):
+        if protocol_of(url) == "file":  # write-then-rename, so readers never see half a file
+            fs.makedirs(fs._parent(path), exist_ok=True)
+            tmp = path + ".tmp"
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
+        else:
+            fs.pipe_file(path, data)
 
 
 def split_shards(manifest: dict[str, Any], url: str, split: str) -> list[tuple[str, int]]:

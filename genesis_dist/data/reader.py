@@ -1,7 +1,8 @@
 """Reading shards: raw samples out of a WebDataset tar, and decoding them to arrays.
 
-A raw sample is `{"__key__": str, "image.png": bytes, "mask.png": bytes, "meta.json": bytes}`
-(the tar members `{key}.{ext}` grouped by key; the key ends at the first dot).
+A raw sample is `{"__key__": str, "__url__": str, "image.png": bytes, "mask.png": bytes,
+"meta.json": bytes}`: webdataset's own tar iterator groups the members `{key}.{ext}` by key
+(the key ends at the first dot of the file name).
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from .fs import open_for_read
+from ..storage import filesystem, storage_errors
 
 
 class ShardCorrupt(Exception):
@@ -29,60 +31,38 @@ class SampleCorrupt(Exception):
     """A sample cannot be decoded."""
 
 
-def _split_member_name(name: str) -> tuple[str, str]:
-    folder, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    if not dot:
-        raise ValueError(f"tar member {name!r} has no extension")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
 def iter_tar_samples(stream, url: str) -> Iterator[dict[str, Any]]:
-    """Raw samples of the tar `stream`, in file order. Raises ShardCorrupt on a bad archive."""
-    current: dict[str, Any] | None = None
+    """Raw samples of the tar `stream`, in file order. Raises ShardCorrupt on a bad archive;
+    storage failures (OSError and the like) pass through."""
     try:
-        archive = tarfile.open(fileobj=stream, mode="r|")
-        for member in archive:
-            if not member.isreg():
-                continue
-            key, ext = _split_member_name(member.name)
-            data = archive.extractfile(member).read()
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key}
-            if ext in current:
-                raise ShardCorrupt(url, f"duplicate member {member.name}")
-            current[ext] = data
-            archive.members = []  # streaming: don't keep every TarInfo
+        yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}], eof_value=None))
     except (tarfile.TarError, EOFError, ValueError, zlib.error) as error:
-        raise ShardCorrupt(url, f"unreadable tar ({type(error).__name__}: {error})") from None
-    if current is not None:
-        yield current
+        reason = str(error.args[0]).split(" @ ")[0] if error.args else ""  # webdataset appends where it was
+        raise ShardCorrupt(url, f"unreadable tar ({type(error).__name__}: {reason})") from None
 
 
 def read_shard(url: str, storage_options: dict[str, Any] | None = None, start: int = 0,
                stop: int | None = None, expected: int | None = None) -> Iterator[dict[str, Any]]:
     """Raw samples `start..stop-1` (by position) of the shard at `url`.
 
-    Opening and reading are retried on transient storage errors. Raises ShardCorrupt
-    when the shard is missing, malformed, or holds fewer samples than `expected`
-    (tarfile treats a damaged header after the first as the end of the archive, so
-    the count is what reveals truncation).
+    Transient storage errors are retried by the storage library (see genesis_dist.storage);
+    what outlives the retries, or refused access, raises StorageError. Raises ShardCorrupt
+    when the shard is missing, malformed, or holds fewer samples than `expected` (tarfile
+    treats a damaged header after the first as the end of the archive, so the count is
+    what reveals truncation).
     """
     stop = expected if stop is None else stop
+    fs, path = filesystem(url, storage_options)
+    position = -1
     try:
-        stream = open_for_read(url, storage_options)
+        with storage_errors(url), fs.open(path, "rb") as stream:
+            for position, sample in enumerate(iter_tar_samples(stream, url)):
+                if stop is not None and position >= stop:
+                    return
+                if position >= start:
+                    yield sample
     except FileNotFoundError:
         raise ShardCorrupt(url, "missing") from None
-    position = -1
-    with stream:
-        for position, sample in enumerate(iter_tar_samples(stream, url)):
-            if stop is not None and position >= stop:
-                return
-            if position >= start:
-                yield sample
     found = position + 1
     if stop is not None and found < stop:
         raise ShardCorrupt(url, f"truncated: {found} of {expected or stop} samples readable")

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import webdataset
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import CorruptDataError, DataError
@@ -67,20 +68,11 @@ class _Reading:
 
 
 def shuffled(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """`items` through a shuffle buffer of `size` (0 or 1: unchanged order)."""
+    """`items` through webdataset's shuffle buffer of `size`, filled before the first pick
+    (0 or 1: unchanged order). Deterministic for a given `rng` state, which exact resume needs."""
     if size <= 1:
-        yield from items
-        return
-    buffer: list[Any] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(size)
-        yield buffer[index]
-        buffer[index] = item
-    rng.shuffle(buffer)
-    yield from buffer
+        return items
+    return webdataset.filters.shuffle(bufsize=size, initial=size, rng=rng)(iter(items))
 
 
 def collate(samples: list[dict[str, Any]], has_mask: bool) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from PIL import Image
 from webdataset import TarWriter
 
 from .formats.base import Sample
-from .fs import filesystem, protocol_of, with_retries
+from ..storage import filesystem, protocol_of, storage_errors
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -92,7 +92,8 @@ class ShardFile:
             os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp made it private
             os.replace(self._tmp, path)
         else:
-            with_retries(lambda: fs.put_file(self._tmp, path), f"upload {self.url}")
+            with storage_errors(self.url):
+                fs.put_file(self._tmp, path)
             os.unlink(self._tmp)
         return self.count, sha
 

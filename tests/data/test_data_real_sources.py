@@ -45,7 +45,7 @@ def test_sketchy_episode_gives_56_crops_of_128(raw_samples, tmp_path):
 
     # One crop re-derived from the raw JPEG: front-right rows 91:-61, cols 144:-144, then rows 0:352 × cols 160:512.
     record = list(iter_records(str(episodes / "episode_0001")))[2]
-    jpeg = parse_example(record)["pixels/basket_front_right"].values()[0]
+    jpeg = parse_example(record)["pixels/basket_front_right"][0]
     frame = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
     square = frame[91:-61, 144:-144][0:352, 160:512]
     expected = np.asarray(Image.fromarray(square).resize((128, 128), Image.BILINEAR))

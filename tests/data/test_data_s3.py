@@ -1,4 +1,5 @@
-"""Shards on a real S3-compatible server (moto on loopback): write with the CLI, stream back."""
+"""Shards on a real S3-compatible server (moto on loopback): write with the CLI, stream back,
+and survive (or report in one line) the faults an object store has, injected by a proxy."""
 from __future__ import annotations
 
 import subprocess
@@ -6,12 +7,14 @@ import sys
 from collections import Counter
 
 import pytest
-import webdataset
 
-from genesis_dist.data import make_loader, read_manifest
-from genesis_dist.data.fs import filesystem
+from genesis_dist.data import DataError, StorageError, make_loader, read_manifest
+from genesis_dist.data.manifest import write_manifest
+from genesis_dist.data.reader import read_shard
+from genesis_dist.storage import filesystem
 
 from data_helpers import REPO, damage_tar
+from s3_faults import Fault, FaultyS3
 from s3_server import subprocess_env
 
 
@@ -74,8 +77,82 @@ def test_corrupt_shard_on_s3_is_skipped_and_counted(s3_server, s3_shards, tmp_pa
     assert not {f"mds-seed0-train-{i:07d}" for i in range(70, 80)} & set(seen)  # past the damage: gone
 
 
-def test_webdataset_reads_s3_urls_through_the_registered_opener(s3_server, s3_shards, monkeypatch):
-    for name, value in s3_server.env.items():
-        monkeypatch.setenv(name, value)
-    dataset = webdataset.WebDataset(f"{s3_shards}/train/shard-000000.tar", shardshuffle=False)
-    assert len([sample["__key__"] for sample in dataset]) == 20
+@pytest.fixture(scope="module")
+def faulty_proxy(s3_server):
+    with FaultyS3(s3_server.endpoint_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxy(faulty_proxy):
+    faulty_proxy.clear()
+    yield faulty_proxy
+    faulty_proxy.clear()
+
+
+def test_transient_errors_are_retried_without_losing_samples(s3_shards, proxy):
+    proxy.add(Fault("GET", "/manifest.json", "503", times=1))
+    for index in range(8):  # every shard's first request is refused, shard 5's body is cut off
+        proxy.add(Fault("GET", f"/train/shard-{index:06d}.tar", "503", times=1))
+    proxy.add(Fault("GET", "/train/shard-000005.tar", "cut", times=1))
+    per_rank, loaders = read_epoch(s3_shards, proxy.storage_options)
+    seen = Counter(k for keys in per_rank for k in keys)
+    assert len(seen) == 160 and set(seen.values()) == {1}
+    assert sum(loader.corrupt_total for loader in loaders) == 0
+    assert proxy.count("GET", "/manifest.json") == 3  # two loaders, one retry
+    assert [proxy.count("GET", f"/train/shard-{i:06d}.tar") for i in range(8)] == [2] * 5 + [3] + [2] * 2
+
+
+def test_a_body_cut_mid_read_is_fetched_again_without_losing_bytes(s3_server, s3_shards, proxy):
+    url = f"{s3_shards}/train/shard-000001.tar"
+    direct, path = filesystem(url, s3_server.storage_options)
+    original = direct.cat_file(path)
+    proxy.add(Fault("GET", "/train/shard-000001.tar", "cut", times=1))
+    through_proxy, _ = filesystem(url, proxy.storage_options)
+    with through_proxy.open(path, "rb") as stream:
+        assert stream.read() == original
+    assert proxy.count("GET", "/train/shard-000001.tar") == 2
+    proxy.add(Fault("GET", "/train/shard-000001.tar", "cut", times=1))
+    keys = [raw["__key__"] for raw in read_shard(url, proxy.storage_options, expected=20)]
+    assert keys == [f"mds-seed0-train-{i:07d}" for i in range(20, 40)]
+
+
+def test_a_missing_object_is_not_retried(s3_shards, proxy):
+    with pytest.raises(DataError, match=r"/nothing: no manifest.json there"):
+        read_manifest(f"{s3_shards}/nothing", proxy.storage_options)
+    asked = {request: n for request, n in proxy.requests.items() if "/nothing" in request[1]}
+    assert asked and set(asked.values()) == {1}  # s3fs's HEAD (and listing) each once: no retries
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_refused_access_is_not_retried_and_stops_in_one_line(s3_shards, proxy, workers):
+    proxy.add(Fault("GET", "/train/shard-000002.tar", "403", times=None))
+    loader = make_loader(s3_shards, "train", 10, num_workers=workers, shuffle_buffer=0,
+                         storage_options=proxy.storage_options)
+    with pytest.raises(StorageError) as stopped:
+        list(loader)
+    message = str(stopped.value)
+    assert "\n" not in message and message.startswith(f"{s3_shards}/train/shard-000002.tar: access denied")
+    assert proxy.count("GET", "/train/shard-000002.tar") == 1
+
+
+def test_persistent_errors_stop_after_the_configured_tries_naming_the_url(s3_shards, proxy, monkeypatch):
+    proxy.add(Fault("GET", "/manifest.json", "503", times=None))
+    options = {**proxy.storage_options, "config_kwargs": {"retries": {"total_max_attempts": 3}}}
+    with pytest.raises(StorageError, match=rf"^{s3_shards}/manifest.json: .*unavailable") as stopped:
+        read_manifest(s3_shards, options)
+    assert "\n" not in str(stopped.value)
+    assert proxy.count("GET", "/manifest.json") == 3
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # the AWS variable is honoured when the options say nothing
+    with pytest.raises(StorageError):
+        read_manifest(s3_shards, proxy.storage_options)
+    assert proxy.count("GET", "/manifest.json") == 3 + 2
+
+
+def test_writes_are_retried_too(s3_server, proxy):
+    url = s3_server.create_bucket("data-writes") + "/set"
+    proxy.add(Fault("PUT", "/set/manifest.json", "503", times=1))
+    manifest = {"format": "genesis-dist-shards/1", "splits": {}}
+    write_manifest(url, manifest, proxy.storage_options)
+    assert proxy.count("PUT", "/set/manifest.json") == 2
+    assert read_manifest(url, s3_server.storage_options) == manifest

@@ -1,4 +1,6 @@
-"""The streaming loader on local shards: rank/worker split, resume, corruption, retries."""
+"""The streaming loader on local shards: rank/worker split, resume, corruption, a hung worker.
+
+Retries of transient storage errors are the storage library's, tested on S3 in test_data_s3.py."""
 from __future__ import annotations
 
 import itertools
@@ -12,8 +14,7 @@ import pytest
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from genesis_dist.data import CorruptDataError, DataError, StorageError, make_loader
-from genesis_dist.data import fs as data_fs
+from genesis_dist.data import CorruptDataError, DataError, make_loader
 
 from data_helpers import damage_tar, replace_member
 
@@ -136,76 +137,24 @@ def test_too_much_corruption_stops_with_a_clear_error(shard_copy, workers):
     assert "\n" not in str(caught.value) and "shard-00000" in str(caught.value)
 
 
-class FlakyFileSystem(LocalFileSystem):
-    """Local files behind a connection that drops: every file fails its first open and,
-    once, a read in the middle (as a flaky object store would)."""
+class StallingFileSystem(LocalFileSystem):
+    """Local files behind a connection that hangs when a shard is opened."""
 
-    protocol = "flaky"
-    failures = Counter()
-    always_fail = False
-    stall_tars = False  # reading a shard blocks (a hung connection)
+    protocol = "stalling"
 
     @classmethod
     def _strip_protocol(cls, path):
-        return super()._strip_protocol(str(path).removeprefix("flaky://"))
+        return super()._strip_protocol(str(path).removeprefix("stalling://"))
 
     def _open(self, path, mode="rb", **kwargs):
-        if self.always_fail or self.failures[("open", path)] == 0:
-            self.failures[("open", path)] += 1
-            raise TimeoutError(f"connect timeout opening {path}")
-        handle = super()._open(path, mode, **kwargs)
-        if self.stall_tars and path.endswith(".tar"):
+        if path.endswith(".tar"):
             time.sleep(60)
-        if mode != "rb" or self.failures[("read", path)]:
-            return handle
-        failures, original_read = self.failures, handle.read
-
-        def read(size=-1):  # the connection drops once, in the read that crosses byte 1000
-            if not failures[("read", path)] and (size < 0 or handle.tell() + size > 1000):
-                failures[("read", path)] += 1
-                raise ConnectionError(f"connection reset reading {path}")
-            return original_read(size)
-
-        handle.read = read
-        return handle
+        return super()._open(path, mode, **kwargs)
 
 
-@pytest.fixture
-def flaky(monkeypatch):
-    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
-    FlakyFileSystem.failures.clear()
-    monkeypatch.setattr(data_fs, "DEFAULT_RETRY", data_fs.RetryPolicy(attempts=4, base_delay=0.01))
-    yield FlakyFileSystem
-    FlakyFileSystem.always_fail = FlakyFileSystem.stall_tars = False
-
-
-def test_transient_errors_are_retried_without_losing_samples(mds_shards, flaky):
-    loader = make_loader(f"flaky://{mds_shards}", "train", 10, num_workers=0)
-    keys = [k for batch in loader for k in batch["key"]]
-    assert len(set(keys)) == 240 and loader.corrupt_total == 0
-    assert sum(v for (kind, _), v in flaky.failures.items() if kind == "read") == 7  # manifest + 6 shards
-    assert sum(v for (kind, _), v in flaky.failures.items() if kind == "open") == 7
-
-
-def test_a_dropped_read_resumes_at_the_same_byte(mds_shards, flaky):
-    url = f"flaky://{mds_shards}/train/shard-000000.tar"
-    reader = data_fs.RetryingReader(url)
-    chunks = list(iter(lambda: reader.read(300), b""))
-    assert reader.retries == 1 and flaky.failures[("read", f"{mds_shards}/train/shard-000000.tar")] == 1
-    assert b"".join(chunks) == Path(mds_shards, "train", "shard-000000.tar").read_bytes()
-
-
-def test_persistent_storage_errors_fail_after_retries_naming_the_url(mds_shards, flaky):
-    flaky.always_fail = True
-    started = time.monotonic()
-    with pytest.raises(StorageError, match=rf"flaky://{mds_shards}/manifest.json: still failing after 4 tries"):
-        make_loader(f"flaky://{mds_shards}", "train", 10, num_workers=0)
-    assert time.monotonic() - started < 5
-
-
-def test_a_hung_worker_raises_instead_of_hanging(mds_shards, flaky):
-    flaky.stall_tars = True
-    loader = make_loader(f"flaky://{mds_shards}", "train", 10, num_workers=1, timeout=2)
+def test_a_hung_worker_raises_instead_of_hanging(mds_shards):
+    fsspec.register_implementation("stalling", StallingFileSystem, clobber=True)
+    loader = make_loader(f"stalling://{mds_shards}", "train", 10, num_workers=1, timeout=2)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="timed out"):
         next(iter(loader))

@@ -1,8 +1,8 @@
 """TFRecord reading and the ObjectsRoom / GQN converters on fixtures written in the raw formats.
 
-Fixtures are serialised with the independent `tfrecord` package (protobuf `tf.train.Example`)
-and framed here from the documented record layout, so the reader is checked against
-bytes it did not produce.
+Fixtures are serialised with the `tfrecord` package's protobuf writer (`tf.train.Example`) and
+framed here from the documented record layout and CRC formula; the real Sketchy file, written
+by TensorFlow, checks the framing and the CRCs against bytes neither produced.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import io
 import shutil
 import struct
 
+import crc32c
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,9 +27,15 @@ from genesis_dist.data.reader import decode_sample, read_shard
 from genesis_dist.data.tfrecord import iter_records, parse_example
 
 
+def masked_crc(data: bytes) -> bytes:
+    """TensorFlow's masked CRC32C: rotate right by 15, add 0xA282EAD8 (mod 2³²), little-endian."""
+    crc = crc32c.crc32c(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
 def frame(record: bytes) -> bytes:
     length = struct.pack("<Q", len(record))
-    return length + TFRecordWriter.masked_crc(length) + record + TFRecordWriter.masked_crc(record)
+    return length + masked_crc(length) + record + masked_crc(record)
 
 
 def one_byte_elements(array: np.ndarray) -> list[bytes]:
@@ -41,9 +48,10 @@ def samples_of(url: str, split: str) -> list[dict]:
             for shard, count in split_shards(manifest, url, split) for raw in read_shard(shard, expected=count)]
 
 
-def test_reader_matches_protobuf_on_the_real_sketchy_file(raw_samples):
-    records = list(iter_records(str(raw_samples / "sketchy" / "example_data.tfrecords")))
-    assert len(records) == 4
+def test_reader_frames_and_parses_the_real_sketchy_file(raw_samples):
+    path = raw_samples / "sketchy" / "example_data.tfrecords"  # written by TensorFlow: its CRCs are the oracle
+    records = list(iter_records(str(path)))
+    assert len(records) == 4 and sum(16 + len(r) for r in records) == path.stat().st_size
     for record in records:
         reference = example_pb2.Example()
         reference.ParseFromString(record)
@@ -53,7 +61,7 @@ def test_reader_matches_protobuf_on_the_real_sketchy_file(raw_samples):
             kind = feature.WhichOneof("kind")
             values = list(getattr(feature, kind).value)
             if kind == "bytes_list":
-                assert parsed[name].values() == values
+                assert parsed[name] == values
             else:
                 np.testing.assert_array_equal(parsed[name], np.asarray(values, dtype=parsed[name].dtype))
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import SourceError
-from ..fs import filesystem, join
+from ...storage import filesystem, join
 from .base import Converter, DatasetInfo, ErrorHandler, Sample, SourceItem, safe_key
 from .imaging import decode_any, decode_rgb, read_bytes, shorter_side_centre_crop
 

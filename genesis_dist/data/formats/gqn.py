@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import SourceError
-from ..fs import filesystem, join
+from ...storage import filesystem, join
 from ..tfrecord import iter_records, parse_example
 from .base import Converter, DatasetInfo, ErrorHandler, Sample, SourceItem, safe_key
 from .imaging import decode_rgb, resize
@@ -61,7 +61,7 @@ class GQNRooms(Converter):
     def convert(self, item: SourceItem) -> list[Sample]:
         name, index, record = item.payload
         features = parse_example(record)
-        frames = features["frames"].values()
+        frames = features["frames"]
         if len(frames) != VIEWS:
             raise ValueError(f"{len(frames)} frames, expected {VIEWS}")
         view = self.view

@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..fs import filesystem
+from ...storage import filesystem, storage_errors
 
 
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """Contents of a local path or fsspec URL."""
     fs, path = filesystem(url, storage_options)
-    return fs.cat_file(path)
+    with storage_errors(url):
+        return fs.cat_file(path)
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import SourceError
-from ..tfrecord import iter_records, parse_example
+from ..tfrecord import concatenated_bytes, iter_records, parse_example
 from .base import Converter, DatasetInfo, ErrorHandler, Sample, SourceItem, safe_key
 
 SIZE = 64
@@ -66,10 +66,10 @@ class ObjectsRoom(Converter):
     def convert(self, item: SourceItem) -> list[Sample]:
         stem, index, record = item.payload
         features = parse_example(record)
-        image = features["image"].as_uint8()
+        image = concatenated_bytes(features["image"])
         if image.size != SIZE * SIZE * 3:
             raise ValueError(f"image has {image.size} values, expected {SIZE * SIZE * 3}")
-        masks = features["mask"].as_uint8()
+        masks = concatenated_bytes(features["mask"])
         if masks.size == 0 or masks.size % (SIZE * SIZE):
             raise ValueError(f"mask has {masks.size} values, not a multiple of {SIZE * SIZE}")
         entities = masks.size // (SIZE * SIZE)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..errors import SourceError
-from ..fs import filesystem, join
+from ...storage import filesystem, join
 from ..tfrecord import iter_records, parse_example
 from .base import Converter, DatasetInfo, ErrorHandler, Sample, SourceItem, safe_key
 from .imaging import crop, decode_rgb, resize
@@ -92,7 +92,7 @@ class Sketchy(Converter):
         for camera, (feature, _, _) in CAMERAS.items():
             if feature not in features:
                 raise ValueError(f"no {feature} in the record")
-            frame = decode_rgb(features[feature].values()[0])
+            frame = decode_rgb(features[feature][0])
             for index, image in enumerate(crops_of_frame(frame, camera, self.img_size)):
                 meta = {"source": item.source, "episode": episode, "timestep": timestep, "camera": camera,
                         "crop": index}
