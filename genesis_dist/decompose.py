@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .training.checkpoint import CheckpointError, load_checkpoint
+from .data.formats.imaging import shorter_side_centre_crop
 from .models import build_model
 
 
@@ -28,7 +29,7 @@ class ImageError(ValueError):
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """Read an image file as float `[3, size, size]` in [0, 1]: shorter side resized
-    to `size` (bilinear), then centre-cropped."""
+    to `size` (bilinear), then centre-cropped (the converters' crop, torchvision's transforms)."""
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
@@ -36,13 +37,8 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
         raise ImageError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as err:
         raise ImageError(f"{path}: not a readable image ({err.__class__.__name__})") from None
-    w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    square = shorter_side_centre_crop(np.asarray(img), size)
+    return torch.from_numpy(square.astype(np.float32) / 255.0).permute(2, 0, 1)
 
 
 def load_model(checkpoint: str) -> torch.nn.Module:

@@ -79,9 +79,9 @@ def test_apc_frame_to_128_centre_crop_with_aligned_binary_mask(raw_samples, tmp_
     samples = {s["meta"]["scene"]: s for s in all_samples(out, "train")}
     color = Image.open(source / "frame-000000.color.png")
     assert color.size == (640, 480)
-    # Shorter side 480 → 128 makes 640 → 171; centre crop columns 21:149.
-    expected_image = np.asarray(color.resize((171, 128), Image.BILINEAR))[:, 21:149]
-    expected_mask = np.asarray(Image.fromarray(binary.astype(np.uint8)).resize((171, 128), Image.NEAREST))[:, 21:149]
+    # Shorter side 480 → 128 makes 640 → 170 (truncated, as torchvision's Resize); centre crop columns 21:149.
+    expected_image = np.asarray(color.resize((170, 128), Image.BILINEAR))[:, 21:149]
+    expected_mask = np.asarray(Image.fromarray(binary.astype(np.uint8)).resize((170, 128), Image.NEAREST))[:, 21:149]
 
     frame = samples["scene-0000"]
     assert frame["image"].shape == (128, 128, 3) and frame["mask"].shape == (128, 128)

@@ -32,7 +32,7 @@ class APC(Converter):
                  storage_options: dict[str, Any] | None = None):
         self.root, self.img_size, self.seed = root.rstrip("/"), img_size, seed
         self.storage_options = storage_options
-        self.info = DatasetInfo("apc", "1.0", img_size, K=10, background_entities=1, has_mask=True,
+        self.info = DatasetInfo("apc", "1.1", img_size, K=10, background_entities=1, has_mask=True,
                                 shard_samples=2500)
         self._frames: dict[str, list[dict[str, str]]] | None = None
 

@@ -1,4 +1,4 @@
-"""Image operations shared by the converters (PIL-backed; arrays in, arrays out).
+"""Image operations shared by the converters and `decompose` (PIL-backed; arrays in, arrays out).
 
 Images are uint8 [H, W, 3]; label maps uint8 [H, W]. Images resize bilinearly,
 label maps with nearest neighbour (a label must never be blended into another).
@@ -49,9 +49,14 @@ def crop(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.
 
 
 def shorter_side_centre_crop(array: np.ndarray, size: int, *, labels: bool = False) -> np.ndarray:
-    """Resize so the shorter side is `size` (aspect kept), then take the centre size × size."""
-    height, width = array.shape[:2]
-    scale = size / min(height, width)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = resize(array, new_w, new_h, labels=labels)
-    return crop(resized, (new_h - size) // 2, (new_w - size) // 2, size, size)
+    """Resize so the shorter side is `size` (aspect kept; bilinear, or nearest for label maps),
+    then take the centre size × size: torchvision's `Resize(size)` then `CenterCrop(size)`
+    (the longer side is truncated, e.g. 640×480 → 170×128, crop from column 21).
+
+    array: uint8 [H, W, 3] or label map [H, W]; returns the same kind at [size, size(, 3)].
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    mode = TF.InterpolationMode.NEAREST if labels else TF.InterpolationMode.BILINEAR
+    resized = TF.resize(Image.fromarray(array), [size], interpolation=mode)
+    return np.asarray(TF.center_crop(resized, [size, size]))
