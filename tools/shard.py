@@ -131,19 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _inspect(args: argparse.Namespace, options: dict[str, Any]) -> None:
-    from genesis_dist.data.inspect import sample_grid, save_image, summarize
-    from genesis_dist.data.manifest import read_manifest
+    from genesis_dist.data.inspect import inspect_shards
 
-    manifest = read_manifest(args.url, options)
-    print(summarize(manifest, args.url))
-    filled = [name for name, record in manifest["splits"].items() if record["count"] > 0]
-    split = args.split or ("train" if "train" in filled else next(iter(filled), None))
-    if split is None:
-        print("no samples to show")
-        return
-    grid = args.grid or f"{manifest['dataset']}_{split}_samples.png"
-    save_image(sample_grid(args.url, split, args.count, storage_options=options), grid, options)
-    print(f"wrote {grid}")
+    print("\n".join(inspect_shards(args.url, args.split, args.count, args.grid, options)))
 
 
 def main(argv: list[str] | None = None) -> int:

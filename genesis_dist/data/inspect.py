@@ -1,14 +1,25 @@
-"""Looking at a shard set: a manifest summary and a PNG grid of samples with masks overlaid."""
+"""Looking at a shard set: a manifest summary and a PNG grid of samples with masks overlaid.
+
+    python -m genesis_dist.data.inspect URL [--split S] [--count N] [--grid PNG]
+
+(the same as `tools/shard.py inspect`; S3 endpoints and credentials from the AWS
+environment). The module's name does not shadow the standard library's `inspect`: the
+package imports absolutely, and `python -m` puts the working directory, not this
+folder, on sys.path.
+"""
 from __future__ import annotations
 
+import argparse
 import io
 import itertools
+import sys
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..storage import filesystem
+from ..storage import StorageError, filesystem
+from .errors import DataError
 from .manifest import read_manifest, split_shards
 from .reader import decode_sample, read_shard
 
@@ -76,3 +87,39 @@ def save_image(image: Image.Image, url: str, storage_options: dict[str, Any] | N
     if parent:
         fs.makedirs(parent, exist_ok=True)
     fs.pipe_file(path, buffer.getvalue())
+
+
+def inspect_shards(url: str, split: str | None = None, count: int = 16, grid: str | None = None,
+                   storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Summarise the shard set at `url` and write a grid of `count` samples of `split`
+    (default: train, else the first split with samples) to `grid` (default:
+    `<dataset>_<split>_samples.png`); returns the lines to show the user."""
+    manifest = read_manifest(url, storage_options)
+    lines = [summarize(manifest, url)]
+    filled = [name for name, record in manifest["splits"].items() if record["count"] > 0]
+    split = split or ("train" if "train" in filled else next(iter(filled), None))
+    if split is None:
+        return lines + ["no samples to show"]
+    grid = grid or f"{manifest['dataset']}_{split}_samples.png"
+    save_image(sample_grid(url, split, count, storage_options=storage_options), grid, storage_options)
+    return lines + [f"wrote {grid}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genesis_dist.data.inspect",
+                                     description="print a manifest and write a PNG grid of samples with masks")
+    parser.add_argument("url", help="shard set: local path or fsspec URL")
+    parser.add_argument("--split", help="split to show (default: train, else the first with samples)")
+    parser.add_argument("--count", type=int, default=16)
+    parser.add_argument("--grid", help="PNG path or URL (default: <dataset>_<split>_samples.png)")
+    args = parser.parse_args(argv)
+    try:
+        print("\n".join(inspect_shards(args.url, args.split, args.count, args.grid)))
+    except (DataError, StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
