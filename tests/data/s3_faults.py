@@ -1,6 +1,6 @@
 """An HTTP proxy in front of the moto S3 server that injects the faults an object store has.
 
-    with FaultyS3(server.endpoint_url) as proxy:
+    with FaultyS3(server) as proxy:  # server: s3_server.MotoServer
         proxy.add(Fault("GET", "/bucket/train/", "503", times=1))
         options = proxy.storage_options  # s3fs options that reach moto through the proxy
 
@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from s3_server import CREDENTIALS
+from s3_server import MotoServer
 
 ERROR_XML = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
              "<Resource>{path}</Resource><RequestId>fault</RequestId></Error>")
@@ -38,10 +38,11 @@ class Fault:
 
 
 class FaultyS3:
-    """A threaded proxy on 127.0.0.1 forwarding to `upstream` (moto), injecting `Fault`s."""
+    """A threaded proxy on 127.0.0.1 forwarding to a moto `server`, injecting `Fault`s."""
 
-    def __init__(self, upstream: str):
-        self.upstream = urlsplit(upstream)
+    def __init__(self, server: MotoServer):
+        self._server_options = server.storage_options
+        self.upstream = urlsplit(server.endpoint_url)
         self.requests: Counter[tuple[str, str]] = Counter()
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -68,9 +69,9 @@ class FaultyS3:
 
     @property
     def storage_options(self) -> dict[str, Any]:
-        """s3fs options reaching moto through this proxy."""
-        return {"key": CREDENTIALS["AWS_ACCESS_KEY_ID"], "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": CREDENTIALS["AWS_DEFAULT_REGION"]}}
+        """s3fs options reaching moto through this proxy (the server's, with the proxy's endpoint)."""
+        options = self._server_options
+        return {**options, "client_kwargs": {**options["client_kwargs"], "endpoint_url": self.endpoint_url}}
 
     def add(self, fault: Fault) -> None:
         with self._lock:

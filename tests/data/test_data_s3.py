@@ -79,7 +79,7 @@ def test_corrupt_shard_on_s3_is_skipped_and_counted(s3_server, s3_shards, tmp_pa
 
 @pytest.fixture(scope="module")
 def faulty_proxy(s3_server):
-    with FaultyS3(s3_server.endpoint_url) as proxy:
+    with FaultyS3(s3_server) as proxy:
         yield proxy
 
 
