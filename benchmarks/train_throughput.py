@@ -19,7 +19,8 @@ import ray
 import torch
 
 from genesis_dist.config import load_config
-from genesis_dist.train import build_trainer, ensure_dataset
+from genesis_dist.training.run_folder import ensure_dataset
+from genesis_dist.training.worker import build_trainer
 
 REDUCED = ["model.encoder_filters=32", "model.head_filters=32", "model.decoder_filters=32", "model.prior_hidden=128"]
 

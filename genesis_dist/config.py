@@ -141,12 +141,29 @@ class EvalConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class SweepConfig:
+    """`python -m genesis_dist.tune`: how a sweep runs (the `sweep:` section of
+    `configs/tune/NAME.yaml`, `sweep.key=value` overrides)."""
+
+    name: str = ""  # sweep folder under run.storage_path; empty: tune-{space}-{run name}
+    metric: str = "eval_ari_fg"  # what the scheduler and best.yaml rank trials by
+    mode: str = "max"  # max | min
+    scheduler: str = "asha"  # asha | fifo (every trial runs to the end)
+    grace_period: int = 1  # reports (checkpoints) a trial makes before ASHA may stop it
+    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
+    num_samples: int = 1  # how often the grid is repeated (random choices drawn anew)
+    max_concurrent_trials: Optional[int] = None  # None: as many as the cluster's CPUs / GPUs fit
+    driver_cpus: float = 0.05  # each trial's driver (Tune sees only this; its workers reserve their own)
+
+
 CHOICES = {
     "model.name": ("genesis_v2", "genesis", "genesis_s", "monet", "slot_attention", "bd_vae", "dc_vae"),
     "model.kernel": ("gaussian", "laplacian", "epanechnikov"),
     "objective.name": ("geco", "elbo", "mse"),
     "optim.precision": ("fp32", "bf16", "fp16"),
 }
+SWEEP_CHOICES = {"mode": ("max", "min"), "scheduler": ("asha", "fifo")}
 
 # Keys that may differ when a run is resumed: how long it trains, how it is logged and
 # where its workers run. Anything else changes what is trained, so resuming a run

@@ -26,60 +26,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, load_config, resume_conflicts
-from .storage import aws_environment, filesystem, is_remote, join, ray_storage
+from .config import ConfigError, load_config
+from .storage import aws_environment, join
+from .training.run_folder import prepare_run, with_absolute_paths
+from .training.worker import build_trainer
 
-
-RUN_CONFIG_FILE = "config.yaml"
-
-
-def ensure_dataset(cfg: DictConfig) -> None:
-    """Generate a small Multi-dSprites shard set at `data.url` if it is missing and
-    `data.generate_if_missing` is set; otherwise fail clearly when it is missing."""
-    fs, path = filesystem(join(cfg.data.url, "manifest.json"), dict(cfg.data.storage_options))
-    if fs.exists(path):
-        from .data import read_manifest
-
-        resolution = read_manifest(cfg.data.url, dict(cfg.data.storage_options)).get("resolution")
-        if resolution is not None and resolution != cfg.model.img_size:
-            raise ConfigError(
-                f"data.url={cfg.data.url} holds {resolution} px images but model.img_size={cfg.model.img_size}; "
-                f"set model.img_size={resolution} or convert the data at {cfg.model.img_size} px"
-            )
-        return
-    if not cfg.data.generate_if_missing:
-        raise ConfigError(
-            f"data.url={cfg.data.url}: no manifest.json there; convert a dataset with tools/shard.py "
-            f"or set data.generate_if_missing=true for a generated Multi-dSprites set"
-        )
-    if cfg.data.name != "multi_dsprites":
-        raise ConfigError(f"data.generate_if_missing only generates multi_dsprites, not {cfg.data.name}")
-    from .data.formats import multi_dsprites
-
-    print(
-        f"[genesis-dist] generating Multi-dSprites at {cfg.data.url} "
-        f"({cfg.data.generate_train} train / {cfg.data.generate_test} test, {cfg.model.img_size} px)",
-        flush=True,
-    )
-    multi_dsprites.convert(
-        cfg.data.url,
-        sizes={cfg.data.train_split: cfg.data.generate_train, cfg.data.eval_split: cfg.data.generate_test},
-        img_size=cfg.model.img_size,
-        seed=cfg.run.seed,
-    )
-
-
-def with_absolute_paths(cfg: DictConfig) -> DictConfig:
-    """Local `data.url` / `run.storage_path` made absolute: Ray workers run in
-    another working directory than the driver."""
-    cfg = cfg.copy()
-    OmegaConf.set_readonly(cfg, False)
-    for key in ("data.url", "run.storage_path"):
-        value = OmegaConf.select(cfg, key)
-        if not is_remote(value):
-            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value.removeprefix("file://"))))
-    OmegaConf.set_readonly(cfg, True)
-    return cfg
 
 
 def _init_ray() -> None:
@@ -91,75 +42,10 @@ def _init_ray() -> None:
     ray.init(runtime_env={"env_vars": aws_environment()})
 
 
-def build_trainer(cfg: DictConfig):
-    """A TorchTrainer for `cfg` (Ray must be initialised)."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from .training.worker import train_worker
-
-    use_gpu = cfg.scaling.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    storage_path, storage_fs = ray_storage(cfg.run.storage_path, dict(cfg.data.storage_options))
-    config: dict[str, Any] = {
-        "cfg": OmegaConf.to_container(cfg, resolve=True),
-        "run_url": join(cfg.run.storage_path, cfg.run.name),
-    }
-    return TorchTrainer(
-        train_worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=cfg.run.name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-            worker_runtime_env={"env_vars": aws_environment()},
-        ),
-    )
-
-
-def check_run_identity(cfg: DictConfig) -> str | None:
-    """Refuse to resume another run: compare `cfg` with the run folder's stored
-    `config.yaml`. Returns "new" or "resume"; raises ConfigError naming the keys that
-    differ outside `config.MAY_CHANGE_ON_RESUME`."""
-    stored_url = join(cfg.run.storage_path, cfg.run.name, RUN_CONFIG_FILE)
-    fs, path = filesystem(stored_url, dict(cfg.data.storage_options))
-    if not fs.exists(path):
-        return "new"
-    stored = OmegaConf.create(fs.cat_file(path).decode())
-    conflicts = resume_conflicts(stored, cfg)
-    if conflicts:
-        shown = ", ".join(f"{k} ({OmegaConf.select(stored, k)!r} → {OmegaConf.select(cfg, k)!r})" for k in conflicts[:4])
-        more = f" and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""
-        raise ConfigError(
-            f"run {cfg.run.name!r} in {cfg.run.storage_path} was started with another config: {shown}{more}; "
-            f"choose another run.name (or run.storage_path) to start a new run"
-        )
-    return "resume"
-
-
-def write_run_config(cfg: DictConfig) -> None:
-    """The resolved config, kept in the run folder (`python -m genesis_dist.train --config` takes it)."""
-    fs, path = filesystem(join(cfg.run.storage_path, cfg.run.name, RUN_CONFIG_FILE), dict(cfg.data.storage_options))
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, OmegaConf.to_yaml(cfg).encode())
-
-
 def run(cfg: DictConfig):
     """Train `cfg` to completion; returns Ray's Result (raises ConfigError for a
     config that conflicts with an existing run of the same name)."""
-    cfg = with_absolute_paths(cfg)
-    check_run_identity(cfg)
-    ensure_dataset(cfg)
-    write_run_config(cfg)
+    cfg = prepare_run(cfg)
     _init_ray()
     return build_trainer(cfg).fit()
 

@@ -26,7 +26,8 @@ from genesis_dist.evaluation.fid_stats import fid_against_stats  # noqa: E402
 from genesis_dist.evaluate import Evaluation, main  # noqa: E402
 from genesis_dist.metrics import feature_statistics, fid_from_features  # noqa: E402
 from genesis_dist.models import build_model  # noqa: E402
-from genesis_dist.train import build_trainer, ensure_dataset  # noqa: E402
+from genesis_dist.training.run_folder import ensure_dataset  # noqa: E402
+from genesis_dist.training.worker import build_trainer  # noqa: E402
 
 TINY = BASE_TINY + ["optim.steps=6", "run.keep_checkpoints=5"]
 STEPS = (2, 4, 6)

@@ -9,7 +9,7 @@ import torch
 from genesis_dist.config import ObjectiveConfig, load_config
 from genesis_dist.models import GenesisV2
 from genesis_dist.objectives import GECO
-from genesis_dist.train import ensure_dataset
+from genesis_dist.training.run_folder import ensure_dataset
 from genesis_dist.training.loop import (Hook, MetricWindow, TrainState, fit, lr_factor, make_objective,
                                         make_optimizer, seed_everything, train_step)
 from genesis_dist.training.run import publish_to_run_folder, train_rank

@@ -15,7 +15,8 @@ from tiny_config import TINY  # noqa: E402
 
 from genesis_dist.training.checkpoint import load_checkpoint  # noqa: E402
 from genesis_dist.config import load_config  # noqa: E402
-from genesis_dist.train import build_trainer, ensure_dataset  # noqa: E402
+from genesis_dist.training.run_folder import ensure_dataset  # noqa: E402
+from genesis_dist.training.worker import build_trainer  # noqa: E402
 from genesis_dist.training.hooks import parameters_digest  # noqa: E402
 from genesis_dist.models import build_model  # noqa: E402
 

@@ -283,6 +283,20 @@ def fit(
     return state
 
 
+# What a step reports (besides a model's auxiliary losses) and what `fit` adds on reading.
+STEP_METRICS = ("loss", "err", "kl", "elbo", "beta", "grad_norm")
+WINDOW_METRICS = ("img_per_s", "lr", "step")
+
+
+def heldout_metric_names(has_masks: bool, has_attention: bool) -> tuple[str, ...]:
+    """The keys `evaluate_batch` returns for data with (or without) label maps and a
+    model with (or without) IC-SBP attention masks."""
+    names = ("err", "kl", "elbo")
+    if has_masks:
+        names += ("ari_fg",) + (("ari_fg_att",) if has_attention else ())
+    return names
+
+
 @torch.no_grad()
 def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, float]:
     """Held-out scores of one batch (eval mode): err, kl, elbo in nats per image and,

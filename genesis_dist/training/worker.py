@@ -6,14 +6,18 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from ..storage import aws_environment, join, ray_storage
 from .hooks import checkpoint_name
 from .run import train_rank
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train loop: `config = {"cfg": TrainConfig as a dict, "run_url": str}`."""
+    """Ray Train loop: `config = {"cfg": TrainConfig as a dict, "run_url": str}`.
+
+    Each checkpoint is reported with the step's metrics and `timesteps_total` = the
+    step (the x-axis of Ray Tune's TensorBoard logs when the run is a sweep trial)."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
@@ -22,7 +26,7 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
 
     def publish(folder: str, metrics: dict[str, Any], step: int) -> None:
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=checkpoint_name(step))
+        ray.train.report({**metrics, "timesteps_total": step}, checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=checkpoint_name(step))
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -37,3 +41,38 @@ def train_worker(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="genesis-resume-") as folder:
         checkpoint.to_directory(folder)  # a copy: Ray may delete old checkpoints while this rank trains
         train_rank(**args, checkpoint_folder=folder)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None):
+    """A TorchTrainer for `cfg` (Ray must be initialised); `callbacks` are Ray Train
+    callbacks (a sweep passes Tune's report callback)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = cfg.scaling.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    storage_path, storage_fs = ray_storage(cfg.run.storage_path, dict(cfg.data.storage_options))
+    config: dict[str, Any] = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "run_url": join(cfg.run.storage_path, cfg.run.name),
+    }
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            worker_runtime_env={"env_vars": aws_environment()},
+            callbacks=callbacks or [],
+        ),
+    )

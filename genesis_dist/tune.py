@@ -1,0 +1,142 @@
+"""`python -m genesis_dist.tune [space=NAME] [sweep.KEY=VALUE ...] [training overrides ...]`:
+hyperparameter sweeps with Ray Tune.
+
+    python -m genesis_dist.tune                                   # GECO goals × IC-SBP kernels on the demo
+    python -m genesis_dist.tune data=shapestacks data.url=s3://bucket/shapestacks \\
+        run.storage_path=s3://bucket/runs scaling.num_workers=4 sweep.max_concurrent_trials=2
+    python -m genesis_dist.tune sweep.metric=eval_elbo sweep.scheduler=fifo optim.steps=1000
+
+`space=NAME` picks `configs/tune/NAME.yaml` (default geco_kernels): its `sweep:` section
+(metric, mode, scheduler, grace_period, reduction_factor, num_samples,
+max_concurrent_trials, driver_cpus, name) and its `space:` (the swept keys). The other
+words compose the trials' training config exactly as `python -m genesis_dist.train` does
+(no group named: the demo). Each trial is a full distributed training run in
+`{run.storage_path}/{sweep name}/runs/{trial id}`; the sweep folder also holds Tune's
+state and TensorBoard logs (`tensorboard --logdir {sweep folder}`), `sweep.md` (the table
+of trials) and `best.yaml` (`python -m genesis_dist.train --config best.yaml` continues
+the best trial's run). Re-running the same command resumes an interrupted sweep: only
+unfinished trials run, each from its own latest checkpoint.
+
+Exit status: 0 every trial finished or was stopped early by the scheduler, 1 some trial
+failed, 2 a usage or config error (reported before any trial starts).
+"""
+from __future__ import annotations
+
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, differing_keys, load_config
+from .storage import aws_environment, filesystem, join
+
+DEFAULT_SPACE = "geco_kernels"
+SWEEP_FILE = "sweep.yaml"
+
+
+def _parse(argv: list[str]) -> tuple[str, list[str], list[str]]:
+    """(space name, sweep overrides, training overrides)."""
+    space, sweep_overrides, train_overrides = DEFAULT_SPACE, [], []
+    for item in argv:
+        if item.startswith("space="):
+            space = item.split("=", 1)[1]
+        elif item.startswith("sweep."):
+            sweep_overrides.append(item.removeprefix("sweep."))
+        elif item.startswith("-"):
+            raise ConfigError(f"unknown option {item}; usage: python -m genesis_dist.tune [space=NAME] "
+                              "[sweep.KEY=VALUE ...] [training overrides ...]")
+        else:
+            train_overrides.append(item)
+    return space, sweep_overrides, train_overrides
+
+
+def plan(argv: list[str]):
+    """Everything checked before Ray starts: (base training config, sweep config,
+    dimensions, sweep folder URL). Generates the demo data if the config asks."""
+    from .data import read_manifest
+    from .training.run_folder import ensure_dataset, with_absolute_paths
+    from .tuning.space import check_metric, load_space_file, merge_sweep, resolve_space
+
+    space_name, sweep_overrides, train_overrides = _parse(argv)
+    base = with_absolute_paths(load_config(train_overrides))
+    sweep, raw_space = load_space_file(space_name)
+    sweep = merge_sweep(sweep, sweep_overrides, "override")
+    dimensions = resolve_space(raw_space, base)
+    if not sweep.name:
+        sweep.name = f"tune-{space_name}-{base.run.name}"
+    ensure_dataset(base)
+    has_masks = bool(read_manifest(base.data.url, dict(base.data.storage_options)).get("has_mask", False))
+    check_metric(sweep.metric, base, has_masks)
+    return base, sweep, dimensions, join(base.run.storage_path, sweep.name)
+
+
+def check_sweep_identity(sweep_url: str, record: dict, storage_options: dict | None) -> None:
+    """A sweep folder keeps what it sweeps (`sweep.yaml`); re-running it with another
+    space or base config is refused with one line naming what differs."""
+    fs, path = filesystem(join(sweep_url, SWEEP_FILE), storage_options)
+    if fs.exists(path):
+        stored = OmegaConf.to_container(OmegaConf.create(fs.cat_file(path).decode()))
+        ignore = tuple(f"base.{k}" for k in ("optim.steps",)) + ("sweep.max_concurrent_trials",)
+        from .config import MAY_CHANGE_ON_RESUME
+
+        ignore += tuple(f"base.{k}" for k in MAY_CHANGE_ON_RESUME)
+        conflicts = differing_keys(stored, record, ignore)
+        if conflicts:
+            raise ConfigError(f"sweep folder {sweep_url} holds another sweep (differs in {', '.join(conflicts[:4])}); "
+                              "set sweep.name to start a new one")
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode())
+
+
+def _init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": aws_environment()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    try:
+        base, sweep, dimensions, sweep_url = plan(argv)
+        storage_options = dict(base.data.storage_options)
+        record = {"base": OmegaConf.to_container(base, resolve=True),
+                  "sweep": OmegaConf.to_container(sweep, resolve=True),
+                  "space": {d.key: {d.kind: list(d.values)} for d in dimensions}}
+        check_sweep_identity(sweep_url, record, storage_options)
+    except ConfigError as err:
+        print(f"genesis_dist.tune: error: {err}", file=sys.stderr)
+        return 2
+    return _run(base, sweep, dimensions, sweep_url, storage_options)
+
+
+def _run(base: DictConfig, sweep: DictConfig, dimensions, sweep_url: str, storage_options: dict) -> int:
+    from .tuning.report import best_trial, trials_table, write_summary
+    from .tuning.space import grid_size
+    from .tuning.sweep import default_concurrency, run_sweep, trial_records
+
+    _init_ray()
+    concurrent = sweep.max_concurrent_trials or default_concurrency(base, sweep.driver_cpus)
+    swept = ", ".join(f"{d.key} {d.kind} {list(d.values)}" for d in dimensions)
+    print(f"[genesis-dist] sweep {sweep.name}: {grid_size(dimensions, sweep.num_samples)} trials ({swept}), "
+          f"{concurrent} at a time, {sweep.scheduler} on {sweep.metric} ({sweep.mode}); folder {sweep_url}", flush=True)
+    print(f"[genesis-dist] watch: tensorboard --logdir {sweep_url}  ·  Ray dashboard http://127.0.0.1:8265", flush=True)
+    results = run_sweep(base, sweep, dimensions, sweep_url, concurrent)
+    records = trial_records(results, base, sweep_url)
+    table = trials_table(records, sweep.metric)
+    best = best_trial(records, sweep.metric, sweep.mode)
+    best_url = write_summary(sweep_url, table, best, sweep.metric, storage_options)
+    print(table, flush=True)
+    if best is not None:
+        print(f"[genesis-dist] best by {sweep.metric}: {best['trial']} → {best_url}; train it longer with "
+              f"python -m genesis_dist.train --config {best_url} optim.steps=N")
+    failed = [r for r in records if r["status"] == "failed"]
+    for r in failed:
+        print(f"genesis_dist.tune: trial {r['trial']} failed: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
