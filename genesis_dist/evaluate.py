@@ -15,8 +15,16 @@ checkpoint_timeout_s, storage_options.
 `compare` prints a Markdown table of each run's best and latest evaluated checkpoint
 beside the papers' numbers for its dataset.
 
+One evaluator per run: a lease in `RUN/eval/lease/` (see evaluation/lease.py) keeps a
+second evaluator of the same run from starting (exit status 8) while the first runs; an
+evaluator killed on this machine frees it at once, elsewhere after 5 minutes. Checkpoints
+that training deleted (run.keep_checkpoints) before they were evaluated are warned about.
+
 Joins the Ray cluster in RAY_ADDRESS (set by `ray job submit`) or starts a local one.
-Exit status: 0 done, 1 some checkpoint failed (the rest were evaluated), 2 usage error.
+Exit status (one line on stderr for each failure): 0 done, 1 some checkpoint failed (the
+rest were evaluated), 2 usage error, 3 no credentials, 4 access denied, 5 a missing bucket
+or object, 6 the object store unreachable (or failing after retries), 7 disk full,
+8 another evaluator is evaluating this run.
 """
 from __future__ import annotations
 
@@ -27,8 +35,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, load_eval_config
-from .evaluation.discovery import CheckpointInfo, CheckpointScanner, run_exists, run_finished
+from .evaluation.discovery import CHECKPOINT_NAME, CheckpointInfo, CheckpointScanner, missed_steps, run_exists, run_finished
+from .evaluation.lease import EvalLease, LeaseBusy, LeaseLost
 from .evaluation.report import EvalReport
+from .storage import describe_failure, filesystem
+
+LEASE_BUSY_STATUS = 8
 
 SUMMARY_KEYS = (("elbo", ".1f"), ("ari_fg", ".3f"), ("msc_fg", ".3f"), ("att_ari_fg", ".3f"),
                 ("flex_mean_slots", ".2f"), ("fid", ".1f"))
@@ -46,9 +58,19 @@ def progress_line(record: dict[str, Any], done: int, left: int) -> str:
             f"[{done} evaluated, {left} left]")
 
 
-def _data_spec(meta: dict[str, Any]) -> dict[str, Any]:
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _data_spec(meta: dict[str, Any], storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The test data of a checkpoint's run: its config's data (whose stored storage_options
+    hold no secrets) with the evaluation's `storage_options` merged over them."""
     data = meta["config"]["data"]
-    return {"url": data["url"], "split": data["eval_split"], "storage_options": dict(data.get("storage_options") or {})}
+    options = _merged(dict(data.get("storage_options") or {}), dict(storage_options or {}))
+    return {"url": data["url"], "split": data["eval_split"], "storage_options": options}
 
 
 def _check(cfg: DictConfig) -> None:
@@ -75,6 +97,8 @@ class Evaluation:
         self.queue: list[CheckpointInfo] = []
         self.failed: set[str] = set()  # checkpoint URLs@step not retried in this invocation
         self.evaluated_now = 0
+        self.lease = EvalLease(self.run_url, self.storage_options)
+        self.warned_missing: set[int] = set()
 
     def _busy_steps(self) -> set[int]:
         running = {c.step for _, c, _ in self.pool.running.values()} if self.pool else set()
@@ -85,11 +109,30 @@ class Evaluation:
         failed; returns all checkpoints found."""
         found = self.scanner.scan()
         done, busy = self.report.evaluated_steps(), self._busy_steps()
+        self._warn_deleted(found, done, busy)
         for c in found:
             if c.ready and c.step not in done and c.step not in busy and f"{c.url}@{c.step}" not in self.failed:
                 self.queue.append(c)
                 busy.add(c.step)
         return found
+
+    def _warn_deleted(self, found: list[CheckpointInfo], done: set[int], busy: set[int]) -> None:
+        """Warn (once per step) about checkpoints training deleted before they were evaluated."""
+        lost = {step for name, step in self.scanner.vanished if step is not None and step not in done | busy}
+        present = {c.step for c in found if c.step is not None}
+        present |= {int(c.name.split("_")[1]) for c in found if CHECKPOINT_NAME.match(c.name)}
+        lost |= set(missed_steps(self.run_url, present, done, self.storage_options))
+        lost -= self.warned_missing
+        if lost:
+            self.warned_missing |= lost
+            self.log(f"[eval] WARNING: training deleted the checkpoints of steps {', '.join(map(str, sorted(lost)))} "
+                     "before they were evaluated (it keeps run.keep_checkpoints); evaluate alongside training "
+                     "with --watch, or keep more")
+
+    def _vanished(self, checkpoint: CheckpointInfo) -> bool:
+        fs, path = filesystem(checkpoint.url, self.storage_options)
+        fs.invalidate_cache()
+        return not fs.exists(path)
 
     def _start_pool(self) -> None:
         from .evaluation.pool import EvalPool, PoolError
@@ -98,7 +141,7 @@ class Evaluation:
         size = self.cfg.actors if self.cfg.watch else min(self.cfg.actors, len(self.queue))
         config = OmegaConf.to_container(self.cfg, resolve=True)
         try:
-            self.pool = EvalPool(config, _data_spec(self.queue[0].meta), size, self.log)
+            self.pool = EvalPool(config, _data_spec(self.queue[0].meta, self.storage_options), size, self.log)
         except PoolError as err:
             raise EvaluationError(str(err)) from None
 
@@ -115,6 +158,12 @@ class Evaluation:
     def _record(self, outcome) -> None:
         checkpoint, result = outcome.checkpoint, outcome.result
         left = len(self.queue) + (self.pool.busy if self.pool else 0)
+        self.lease.check()  # a lost lease records nothing more
+        if not result.get("ok") and checkpoint.name != "best" and self._vanished(checkpoint):
+            self.warned_missing.add(checkpoint.step)
+            self.log(f"[eval] WARNING: {checkpoint.name} (step {checkpoint.step}) was deleted by training before "
+                     "it was evaluated (it keeps run.keep_checkpoints); evaluate alongside with --watch, or keep more")
+            return
         if result.get("ok"):
             self.report.add(result["record"])
             self.evaluated_now += 1
@@ -137,6 +186,15 @@ class Evaluation:
             if not cfg.watch:
                 raise EvaluationError(f"run folder not found: {self.run_url}")
             self.log(f"[eval] waiting for {self.run_url} to appear")
+        self.lease.acquire()
+        try:
+            return self._run_leased()
+        finally:
+            self.lease.release()
+
+    def _run_leased(self) -> int:
+        cfg = self.cfg
+        self.lease.start_renewing()
         finished = run_finished(self.run_url, self.storage_options)
         found = self.discover()
         if not cfg.watch and not found:
@@ -177,13 +235,10 @@ class Evaluation:
 
 
 def _init_ray() -> None:
-    import ray
-
     from .evaluation.pool import actor_environment
+    from .ray_cluster import connect
 
-    if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`) joins the cluster; otherwise a local one starts.
-        ray.init(runtime_env={"env_vars": actor_environment()})
+    connect(actor_environment())
 
 
 def _parse(argv: list[str]) -> list[str]:
@@ -222,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, EvaluationError) as err:
         print(f"genesis_dist.evaluate: error: {err}", file=sys.stderr)
         return 2
+    except (LeaseBusy, LeaseLost) as err:
+        print(f"genesis_dist.evaluate: error: {err}", file=sys.stderr)
+        return LEASE_BUSY_STATUS
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line and a documented status
+        status, line = describe_failure(err)
+        print(f"genesis_dist.evaluate: error: {line}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

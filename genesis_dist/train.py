@@ -16,7 +16,20 @@ one. Re-running with the same `run.name` and `run.storage_path` resumes from the
 latest checkpoint; a run folder whose stored config.yaml differs in anything but
 optim.steps and the keys listed in config.MAY_CHANGE_ON_RESUME is refused.
 
-Exit status: 0 finished, 1 the run failed, 2 a usage or config error.
+Data: `data.generate_if_missing` (the demo's data group sets it) generates a small
+Multi-dSprites set only at the data.url the composed config names; a data.url typed on the
+command line that holds no dataset is an error unless the same command line says
+data.generate_if_missing=true (a typo never silently becomes a new dataset).
+
+Credentials come from the standard AWS chain (instance profile, AWS_PROFILE, or the
+environment of this command and of each node's `ray start`); only the endpoint, region,
+profile name and retry settings are passed to Ray. Secrets in data.storage_options are
+shown as <redacted> and never stored in the run folder.
+
+Exit status (one line on stderr for each failure): 0 finished, 1 the run failed (after
+run.max_failures restarts), 2 a usage or config error, 3 no credentials, 4 access denied,
+5 a missing bucket or object, 6 the object store unreachable (or failing after retries),
+7 disk full.
 """
 from __future__ import annotations
 
@@ -27,19 +40,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, load_config
-from .storage import aws_environment, join
-from .training.run_folder import prepare_run, with_absolute_paths
+from .storage import aws_environment, describe_failure, join, redacted
+from .training.run_folder import only_generate_where_configured, prepare_run, with_absolute_paths
 from .training.worker import build_trainer
 
 
 
 def _init_ray() -> None:
-    import ray
+    from .ray_cluster import connect
 
-    if ray.is_initialized():
-        return
-    # RAY_ADDRESS (set by `ray job submit`) joins the cluster; otherwise a local one starts.
-    ray.init(runtime_env={"env_vars": aws_environment()})
+    connect(aws_environment())
 
 
 def run(cfg: DictConfig):
@@ -48,6 +58,20 @@ def run(cfg: DictConfig):
     cfg = prepare_run(cfg)
     _init_ray()
     return build_trainer(cfg).fit()
+
+
+def _report_failure(err: BaseException, cfg: DictConfig | None) -> int:
+    """Print one line for a failed command and return its exit status (module docstring)."""
+    status, line = describe_failure(err)
+    training_failed = type(err).__name__ in ("TrainingFailedError", "WorkerGroupError", "ControllerError")
+    if training_failed and status == 1 and cfg is not None:
+        attempts = cfg.run.max_failures + 1
+        line = (f"the run failed after {attempts} attempt{'s' * (attempts > 1)}: {line}; its checkpoints are in "
+                f"{join(cfg.run.storage_path, cfg.run.name)} (the same command resumes from the latest)")
+    else:
+        line = f"error: {line}"
+    print(f"genesis_dist.train: {line}", file=sys.stderr, flush=True)
+    return status
 
 
 def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
@@ -83,19 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
+        cfg = None
         overrides, config_file, print_only = _parse_args(argv)
         cfg = with_absolute_paths(load_config(overrides, base_file=config_file))
-        print(OmegaConf.to_yaml(cfg), flush=True)
+        print(OmegaConf.to_yaml(redacted(OmegaConf.to_container(cfg))), flush=True)
         if print_only:
             return 0
-        result = run(cfg)
+        result = run(only_generate_where_configured(cfg, overrides))
     except ConfigError as err:
         print(f"genesis_dist.train: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line and a documented status
+        return _report_failure(err, cfg)
     run_url = join(cfg.run.storage_path, cfg.run.name)
-    if result.error is not None:
-        print(f"genesis_dist.train: the run failed: {result.error}", file=sys.stderr)
-        return 1
+    if result.error is not None:  # Ray Train V2 raises instead; kept for a Result that carries one
+        return _report_failure(result.error, cfg)
     final = result.metrics or {}
     print(f"[genesis-dist] run folder: {run_url}  TensorBoard: tensorboard --logdir {join(run_url, 'tensorboard')}")
     print(f"[genesis-dist] latest checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")

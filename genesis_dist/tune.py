@@ -17,8 +17,10 @@ of trials) and `best.yaml` (`python -m genesis_dist.train --config best.yaml` co
 the best trial's run). Re-running the same command resumes an interrupted sweep: only
 unfinished trials run, each from its own latest checkpoint.
 
-Exit status: 0 every trial finished or was stopped early by the scheduler, 1 some trial
-failed, 2 a usage or config error (reported before any trial starts).
+Exit status (one line on stderr for each failure): 0 every trial finished or was stopped
+early by the scheduler, 1 some trial failed, 2 a usage or config error (reported before any
+trial starts), 3 no credentials, 4 access denied, 5 a missing bucket or object, 6 the object
+store unreachable (or failing after retries), 7 disk full.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, differing_keys, load_config
-from .storage import aws_environment, filesystem, join
+from .storage import aws_environment, describe_failure, filesystem, join, without_secrets
 
 DEFAULT_SPACE = "geco_kernels"
 SWEEP_FILE = "sweep.yaml"
@@ -53,11 +55,11 @@ def plan(argv: list[str]):
     """Everything checked before Ray starts: (base training config, sweep config,
     dimensions, sweep folder URL). Generates the demo data if the config asks."""
     from .data import read_manifest
-    from .training.run_folder import ensure_dataset, with_absolute_paths
+    from .training.run_folder import ensure_dataset, only_generate_where_configured, with_absolute_paths
     from .tuning.space import check_metric, load_space_file, merge_sweep, resolve_space
 
     space_name, sweep_overrides, train_overrides = _parse(argv)
-    base = with_absolute_paths(load_config(train_overrides))
+    base = only_generate_where_configured(with_absolute_paths(load_config(train_overrides)), train_overrides)
     sweep, raw_space = load_space_file(space_name)
     sweep = merge_sweep(sweep, sweep_overrides, "override")
     dimensions = resolve_space(raw_space, base)
@@ -87,11 +89,10 @@ def check_sweep_identity(sweep_url: str, record: dict, storage_options: dict | N
     fs.pipe_file(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode())
 
 
-def _init_ray() -> None:
-    import ray
+def _init_ray() -> str | None:
+    from .ray_cluster import connect
 
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": aws_environment()})
+    return connect(aws_environment())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,14 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base, sweep, dimensions, sweep_url = plan(argv)
         storage_options = dict(base.data.storage_options)
-        record = {"base": OmegaConf.to_container(base, resolve=True),
+        record = {"base": without_secrets(OmegaConf.to_container(base, resolve=True)),
                   "sweep": OmegaConf.to_container(sweep, resolve=True),
                   "space": {d.key: {d.kind: list(d.values)} for d in dimensions}}
         check_sweep_identity(sweep_url, record, storage_options)
+        return _run(base, sweep, dimensions, sweep_url, storage_options)
     except ConfigError as err:
         print(f"genesis_dist.tune: error: {err}", file=sys.stderr)
         return 2
-    return _run(base, sweep, dimensions, sweep_url, storage_options)
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line and a documented status
+        status, line = describe_failure(err)
+        print(f"genesis_dist.tune: error: {line}", file=sys.stderr)
+        return status
 
 
 def _run(base: DictConfig, sweep: DictConfig, dimensions, sweep_url: str, storage_options: dict) -> int:
@@ -117,12 +122,13 @@ def _run(base: DictConfig, sweep: DictConfig, dimensions, sweep_url: str, storag
     from .tuning.space import grid_size
     from .tuning.sweep import default_concurrency, run_sweep, trial_records
 
-    _init_ray()
+    dashboard = _init_ray()
     concurrent = sweep.max_concurrent_trials or default_concurrency(base, sweep.driver_cpus)
     swept = ", ".join(f"{d.key} {d.kind} {list(d.values)}" for d in dimensions)
     print(f"[genesis-dist] sweep {sweep.name}: {grid_size(dimensions, sweep.num_samples)} trials ({swept}), "
           f"{concurrent} at a time, {sweep.scheduler} on {sweep.metric} ({sweep.mode}); folder {sweep_url}", flush=True)
-    print(f"[genesis-dist] watch: tensorboard --logdir {sweep_url}  ·  Ray dashboard http://127.0.0.1:8265", flush=True)
+    print(f"[genesis-dist] watch: tensorboard --logdir {sweep_url}"
+          + (f"  ·  Ray dashboard {dashboard}" if dashboard else ""), flush=True)
     results = run_sweep(base, sweep, dimensions, sweep_url, concurrent)
     records = trial_records(results, base, sweep_url)
     table = trials_table(records, sweep.metric)

@@ -6,7 +6,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "genesis_dist"
 LAYER_OF_TOP_MODULE = {"train": "commands", "evaluate": "commands", "tune": "commands", "decompose": "commands",
-                       "__init__": "commands"}
+                       "__init__": "commands", "ray_cluster": "commands"}
 
 
 def _rules() -> dict[str, tuple[set[str], set[str]]]:

@@ -30,6 +30,18 @@ TRAIN_EXPECTED = {
         ("genesis", 64, 9, 0.5655, 1_000_000, "genesis-shapestacks"),
     "data=objects_room data.url=s3://YOUR-BUCKET/objects_room run.storage_path=s3://YOUR-BUCKET/runs "
     "scaling.num_workers=8": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
+    "--config runs/tune-geco_kernels-genesis_v2-multi_dsprites-demo/best.yaml optim.steps=4000":
+        ("genesis_v2", 32, 5, 0.5705, 4000, "1a2b3_00004"),
+}
+# What each README sweep command must compose: (model, data, K, trials, metric, scheduler)
+TUNE_EXPECTED = {
+    "": ("genesis_v2", "multi_dsprites", 5, 9, "eval_ari_fg", "asha"),
+    "sweep.metric=eval_elbo sweep.scheduler=fifo optim.steps=1000":
+        ("genesis_v2", "multi_dsprites", 5, 9, "eval_elbo", "fifo"),
+    "data=shapestacks data.url=s3://bucket/shapestacks run.storage_path=s3://bucket/runs scaling.num_workers=4 "
+    "sweep.max_concurrent_trials=2": ("genesis_v2", "shapestacks", 9, 9, "eval_ari_fg", "asha"),
+    "data=objects_room data.url=s3://YOUR-BUCKET/objects_room run.storage_path=s3://YOUR-BUCKET/runs":
+        ("genesis_v2", "objects_room", 7, 9, "eval_ari_fg", "asha"),
 }
 
 
@@ -57,6 +69,11 @@ def test_the_readme_has_the_commands_this_test_knows():
 @pytest.mark.parametrize("args", sorted(TRAIN_EXPECTED))
 def test_each_readme_training_command_trains_what_it_says(args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    if "best.yaml" in args:
+        # What a sweep of the demo leaves: the best trial's resolved config.
+        stored = tmp_path / "runs" / "tune-geco_kernels-genesis_v2-multi_dsprites-demo" / "best.yaml"
+        stored.parent.mkdir(parents=True)
+        stored.write_text(OmegaConf.to_yaml(load_config(["objective.goal=0.5705", "run.name=1a2b3_00004"])))
     if "--config runs/genesis-shapestacks/config.yaml" in args:
         # What a `model=genesis data=shapestacks` run leaves in its folder.
         stored = tmp_path / "runs" / "genesis-shapestacks" / "config.yaml"
@@ -109,3 +126,26 @@ def test_the_readme_model_snippet_runs():
     out = namespace["out"]
     assert out.err.shape == (8,) and out.log_masks.shape[:2] == (8, 7)
     assert namespace["samples"].images.shape == (16, 3, 64, 64)
+
+
+def test_the_readme_sweep_commands_are_the_ones_this_test_knows():
+    assert {" ".join(args) for args in readme_commands("tune")} == set(TUNE_EXPECTED)
+
+
+@pytest.mark.parametrize("args", sorted(TUNE_EXPECTED))
+def test_each_readme_sweep_command_composes_what_it_says(args):
+    """The sweep's training config and search space, as `python -m genesis_dist.tune`
+    checks them before any trial (the data itself is not needed for this)."""
+    from genesis_dist import tune as tune_cli
+    from genesis_dist.tuning.space import grid_size, load_space_file, merge_sweep, resolve_space
+
+    space, sweep_overrides, train_overrides = tune_cli._parse(shlex.split(args))
+    base = load_config(train_overrides)
+    sweep, raw = load_space_file(space)
+    sweep = merge_sweep(sweep, sweep_overrides, "override")
+    dimensions = resolve_space(raw, base)
+    model, data, slots, trials, metric, scheduler = TUNE_EXPECTED[args]
+    assert (base.model.name, base.data.name, base.model.num_slots) == (model, data, slots)
+    assert (grid_size(dimensions, sweep.num_samples), sweep.metric, sweep.scheduler) == (trials, metric, scheduler)
+    goals = next(d.values for d in dimensions if d.key == "objective.goal")
+    assert goals[0] == base.objective.goal  # the sweep starts at the dataset's paper goal

@@ -23,7 +23,7 @@ import torch
 from ..training.checkpoint import load_checkpoint, read_meta
 from .fid_stats import fid_against_stats
 from ..metrics import foreground_labels, masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
-from ..models import build_model
+from ..models import build_model, is_generative
 from ..storage import join
 
 FIGURE_IMAGES = 8  # rows of the decomposition and generation figures
@@ -202,7 +202,12 @@ class CheckpointEvaluator:
         flexible = self.config.get("stop_pixels") is not None and record["model"] == "genesis_v2"
         record.update(self._likelihood_and_segmentation(model, test, run_url, step, flexible))
         torch.manual_seed(self.config.get("seed", 0) + 1)
-        if self.inception is not None:
+        if not is_generative(model):
+            # Slot Attention: its err is a mean squared error, and it has no prior to sample.
+            record["mse"] = record.pop("err")
+            for key in ("kl", "elbo"):
+                record.pop(key)
+        elif self.inception is not None:
             record.update(self._fid_and_samples(model, data, run_url, step))
         else:
             self._generation_figure(model.sample(FIGURE_IMAGES), run_url, step)
@@ -233,7 +238,7 @@ class CheckpointEvaluator:
             for key in sums:
                 sums[key] += float(getattr(out, key).double().sum())
             if start == 0:
-                self._decomposition_figure(images, out, run_url, step)
+                self._decomposition_figure(images, out, run_url, step, test.masks, is_generative(model))
             seg = max(0, min(num_seg - start, images.shape[0]))
             if seg:
                 labels = test.masks[start:start + seg].to(self.device).long()
@@ -281,23 +286,28 @@ class CheckpointEvaluator:
             features.append(self.inception(samples.images))
             remaining -= n
         fid = fid_against_stats(torch.cat(features), mu, sigma)
-        self._generation_figure(figure, run_url, step)
+        self._generation_figure(figure, run_url, step, fid)
         return {"fid": fid if math.isfinite(fid) else None, "fid_samples": self.config["fid_samples"],
                 "fid_test_images": reference_count}
 
-    def _decomposition_figure(self, images: torch.Tensor, out, run_url: str, step: int) -> None:
-        from ..figures import decomposition_grid, save_png
+    def _decomposition_figure(self, images: torch.Tensor, out, run_url: str, step: int,
+                              masks: torch.Tensor | None, generative: bool) -> None:
+        from ..figures import decomposition_figure, save_png, scores_caption
 
         n = FIGURE_IMAGES
         att = out.log_att_masks[:n] if out.log_att_masks is not None else None
-        grid = decomposition_grid(images[:n], out.recon[:n], out.log_masks[:n], out.components[:n], att)
-        save_png(grid, join(run_url, "eval", "figures", f"decomposition_{step:08d}.png"),
+        labels = masks[:n] if masks is not None else None
+        caption = scores_caption("test-set decomposition", step, out.log_masks[:n], labels,
+                                 out.elbo[:n] if generative else None)
+        figure = decomposition_figure(images[:n], out.recon[:n], out.log_masks[:n], out.components[:n], att, caption)
+        save_png(figure, join(run_url, "eval", "figures", f"decomposition_{step:08d}.png"),
                  self.config.get("storage_options") or None)
 
-    def _generation_figure(self, samples, run_url: str, step: int) -> None:
-        from ..figures import generation_steps_figure, save_png
+    def _generation_figure(self, samples, run_url: str, step: int, fid: float | None = None) -> None:
+        from ..figures import generation_figure, save_png, scores_caption
 
         n = FIGURE_IMAGES
-        figure = generation_steps_figure(samples.components[:n], samples.log_masks[:n])
+        caption = scores_caption("prior samples, slots added one at a time", step, extra={"FID": fid})
+        figure = generation_figure(samples.images[:n], samples.components[:n], samples.log_masks[:n], caption)
         save_png(figure, join(run_url, "eval", "figures", f"generation_{step:08d}.png"),
                  self.config.get("storage_options") or None)

@@ -12,6 +12,7 @@ import json
 import sys
 
 from .report import format_value, markdown_table, read_records
+from ..training.checkpoint import best_checkpoint_url
 from ..storage import filesystem, join
 
 PUBLISHED: dict[tuple[str, str], dict[str, tuple[float, float | None]]] = {
@@ -20,14 +21,14 @@ PUBLISHED: dict[tuple[str, str], dict[str, tuple[float, float | None]]] = {
     ("objects_room", "slot_attention"): {"ari_fg": (0.79, 0.02), "msc_fg": (0.64, 0.13)},
     ("shapestacks", "genesis_v2"): {"ari_fg": (0.81, 0.01), "msc_fg": (0.67, 0.01), "fid": (112.7, 3.2), "elbo": (-7019, 2)},
     ("shapestacks", "genesis"): {"ari_fg": (0.70, 0.05), "msc_fg": (0.67, 0.02), "fid": (186.8, 18.0), "elbo": (-7082, 15)},
-    ("shapestacks", "monet_g"): {"ari_fg": (0.70, 0.04), "msc_fg": (0.57, 0.12), "fid": (197.8, 5.2), "elbo": (-7268, 19)},
+    ("shapestacks", "monet"): {"ari_fg": (0.70, 0.04), "msc_fg": (0.57, 0.12), "fid": (197.8, 5.2), "elbo": (-7268, 19)},
     ("multi_dsprites", "genesis"): {"fid": (24.9, None)},
     ("gqn", "genesis"): {"fid": (80.5, None)},
     ("apc", "genesis_v2"): {"ari": (0.55, None), "msc": (0.67, None), "fid": (245.6, None)},
     ("sketchy", "genesis_v2"): {"fid": (208.1, None)},
 }
 MODEL_TITLES = {"genesis_v2": "GENESIS-V2", "genesis": "GENESIS", "genesis_s": "GENESIS-S",
-                "slot_attention": "Slot Attention", "monet_g": "MONet-G"}
+                "slot_attention": "Slot Attention", "monet": "MONet-G"}
 # (record key, column title, format)
 COMPARED = (("ari_fg", "ARI-FG", ".3f"), ("msc_fg", "MSC-FG", ".3f"), ("ari", "ARI", ".3f"), ("msc", "MSC", ".3f"),
             ("fid", "FID", ".1f"), ("elbo", "ELBO", ".1f"))
@@ -46,11 +47,12 @@ def _published_cell(number: tuple[float, float | None] | None, spec: str) -> str
 
 
 def _best_step(run_url: str, records: dict[int, dict], storage_options: dict | None) -> tuple[int, str]:
-    """The step of the run's `best/` checkpoint (chosen by training on held-out ELBO) when it
+    """The step of the run's best checkpoint (chosen by training on held-out ELBO) when it
     was evaluated, else the evaluated step with the highest test ELBO."""
-    fs, path = filesystem(join(run_url, "best", "meta.json"), storage_options)
+    best = best_checkpoint_url(run_url, storage_options)
     try:
-        step = int(json.loads(fs.cat_file(path))["step"])
+        fs, path = filesystem(join(best, "meta.json"), storage_options) if best else (None, None)
+        step = int(json.loads(fs.cat_file(path))["step"]) if best else None
         if step in records:
             return step, "best"
     except (FileNotFoundError, ValueError, KeyError):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..objectives import GECO, BetaELBO, geco_goal, geco_step_size
+from ..objectives import GECO, MSE, BetaELBO, geco_goal, geco_step_size
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAST_VALUE_METRICS = ("beta", "lr")  # reported as they are now, not averaged over the window
@@ -37,10 +37,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def make_objective(cfg: Any, img_size: int) -> GECO | BetaELBO:
-    """GECO or β-ELBO from an ObjectiveConfig; GECO's goal and λ follow the image size."""
+def make_objective(cfg: Any, img_size: int) -> GECO | BetaELBO | MSE:
+    """GECO, β-ELBO or (Slot Attention's) MSE from an ObjectiveConfig; GECO's goal and
+    λ follow the image size."""
     if cfg.name == "elbo":
         return BetaELBO(cfg.beta)
+    if cfg.name == "mse":
+        return MSE()
     step = cfg.step_size if cfg.step_size is not None else geco_step_size(img_size)
     return GECO(
         goal=geco_goal(cfg.goal, img_size),
@@ -54,12 +57,13 @@ def make_objective(cfg: Any, img_size: int) -> GECO | BetaELBO:
 
 
 def lr_factor(step: int, warmup_steps: int = 0, decay_every: int | None = None, decay_rate: float = 0.5) -> float:
-    """Learning-rate multiplier after `step` optimiser steps: linear warm-up over
-    `warmup_steps`, then ×`decay_rate` every `decay_every` steps (Slot Attention's
-    schedule: 10k warm-up, ×0.5 per 100k)."""
+    """Learning-rate multiplier for optimiser step `step` (0-based): a linear warm-up
+    over `warmup_steps` times a continuous decay by `decay_rate` per `decay_every` steps,
+    `min(1, (step+1)/warmup) · decay_rate^(step/decay_every)` — Slot Attention's schedule
+    with warm-up 10k and ×0.5 per 100k (Locatello et al. 2020)."""
     factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     if decay_every:
-        factor *= decay_rate ** (step // decay_every)
+        factor *= decay_rate ** (step / decay_every)
     return factor
 
 

@@ -1,0 +1,170 @@
+"""`python -m genesis_dist.tune` on a real local Ray cluster: a 2 × 2 sweep with ASHA,
+its table, best.yaml and TensorBoard logs; a sweep whose driver is SIGKILLed and
+resumed; bad input refused in one line before any trial starts."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from tiny_config import TINY  # noqa: E402
+
+from genesis_dist import tune as tune_cli  # noqa: E402
+from genesis_dist.config import find_config_dir, load_config  # noqa: E402
+from genesis_dist.training.run_folder import ensure_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    import ray_local
+
+    yield ray_local.start(num_cpus=2)
+    ray_local.stop()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("data") / "multi_dsprites")
+    ensure_dataset(load_config(TINY + [f"data.url={url}", "data.generate_if_missing=true",
+                                       "data.generate_train=64", "data.generate_test=16"]))
+    return url
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    """A copy of configs/ with the test's own sweep files (GENESIS_DIST_CONFIGS)."""
+    folder = tmp_path / "configs"
+    shutil.copytree(find_config_dir(), folder)
+    monkeypatch.setenv("GENESIS_DIST_CONFIGS", str(folder))
+    return folder
+
+
+def _space(config_dir: Path, name: str, text: str) -> None:
+    (config_dir / "tune" / f"{name}.yaml").write_text(text)
+
+
+def _events(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (path,) = folder.glob("events.out.tfevents*")
+    accumulator = EventAccumulator(str(path))
+    accumulator.Reload()
+    return accumulator
+
+
+def test_a_2x2_sweep_stops_trials_early_and_writes_table_best_and_tensorboard(ray_address, shards, config_dir,
+                                                                              tmp_path, capsys):
+    _space(config_dir, "two_by_two", """
+sweep: {metric: eval_elbo, mode: max, scheduler: asha, grace_period: 1, reduction_factor: 2}
+space:
+  objective.goal: {offset: [0.0, 0.01]}
+  model.kernel: {grid: [gaussian, laplacian]}
+""")
+    started = time.monotonic()
+    status = tune_cli.main(["space=two_by_two", *TINY, f"data.url={shards}", f"run.storage_path={tmp_path / 'runs'}",
+                            "optim.steps=8", "sweep.max_concurrent_trials=1"])
+    elapsed = time.monotonic() - started
+    assert status == 0
+    assert elapsed < 300, f"the 2 × 2 sweep took {elapsed:.0f} s"
+    sweep = tmp_path / "runs" / "tune-two_by_two-genesis_v2-multi_dsprites-demo"
+    table = (sweep / "sweep.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "_0000" in line]
+    assert len(rows) == 4
+    assert any("| stopped early |" in row for row in rows) and any("| finished | 8 |" in row for row in rows)
+    assert {"0.5655", "0.5755"} <= set(table.replace("|", " ").split())
+    # best.yaml is the best trial's resolved config: train takes it as a base.
+    best = load_config(["optim.steps=10"], base_file=sweep / "best.yaml")
+    best_row = next(row for row in rows if f"| {best.run.name} |" in row)
+    elbos = [float(row.split("|")[6]) for row in rows]
+    assert float(best_row.split("|")[6]) == max(elbos)
+    assert Path(best.run.storage_path) == sweep / "runs"
+    # Every trial is a normal run folder with its checkpoints, and has Tune's TensorBoard
+    # events: scalars against the training step, and the hyperparameters (HParams view).
+    for row in rows:
+        trial = row.split("|")[1].strip()
+        assert list((sweep / "runs" / trial).glob("checkpoint_*/meta.json")) and (sweep / "runs" / trial / "config.yaml").exists()
+        events = _events(sweep / trial)
+        steps = [e.step for e in events.Scalars("ray/tune/eval_elbo")]
+        assert steps[0] == 2 and steps == sorted(steps) and steps[-1] in (2, 4, 8)
+        assert "_hparams_/session_start_info" in events.Tags()["tensors"] or events.PluginTagToContent("hparams")
+    assert "best by eval_elbo" in capsys.readouterr().out
+
+
+def test_a_killed_sweep_resumes_only_unfinished_trials_from_their_checkpoints(ray_address, shards, config_dir,
+                                                                               tmp_path):
+    _space(config_dir, "kernels", """
+sweep: {metric: eval_elbo, scheduler: fifo}
+space:
+  model.kernel: {grid: [gaussian, laplacian]}
+""")
+    args = [sys.executable, "-m", "genesis_dist.tune", "space=kernels", *TINY, f"data.url={shards}",
+            f"run.storage_path={tmp_path / 'runs'}", "optim.steps=12", "run.keep_checkpoints=10",
+            "sweep.max_concurrent_trials=1"]
+    env = {**os.environ, "RAY_ADDRESS": ray_address}  # the driver joins the cluster, as `ray job submit` does
+    runs = tmp_path / "runs" / "tune-kernels-genesis_v2-multi_dsprites-demo" / "runs"
+    first = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        finished, interrupted = None, None
+        while time.monotonic() < deadline and interrupted is None:
+            time.sleep(0.2)
+            trials = sorted(runs.glob("*_0000*")) if runs.exists() else []
+            finished = next((t for t in trials if (t / "finished.json").exists()), None)
+            interrupted = next((t for t in trials if t != finished and finished is not None
+                                and (t / "checkpoint_00000004" / "meta.json").exists()
+                                and not (t / "finished.json").exists()), None)
+        assert interrupted is not None, "the sweep never reached one finished and one half-done trial"
+        os.killpg(first.pid, signal.SIGKILL)
+        killed_at = time.time()
+    finally:
+        first.wait(timeout=60)
+    finished_history = (finished / "metrics.jsonl").read_bytes()
+    early_checkpoint = (interrupted / "checkpoint_00000002" / "meta.json").stat().st_mtime
+
+    again = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    # The finished trial did not run again; the interrupted one continued from its checkpoint.
+    assert (finished / "metrics.jsonl").read_bytes() == finished_history
+    assert f"Trial run_trial_{finished.name} started" not in again.stdout
+    assert "[genesis-dist] resumed from step" in again.stdout + again.stderr
+    assert (interrupted / "checkpoint_00000002" / "meta.json").stat().st_mtime == early_checkpoint < killed_at
+    steps = [int(line.split('"step": ')[1].split(",")[0].rstrip("}")) for line in
+             (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    assert (interrupted / "finished.json").exists()
+    assert "| finished | 12 |" in (runs.parent / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("space, extra, message", [
+    ("space:\n  model.nope: {grid: [1, 2]}\n", [], r"space\.model\.nope: not a key of the training config"),
+    ("space: {}\n", [], r"the search space is empty"),
+    ("space:\n  model.kernel: {grid: [gaussian]}\n", ["sweep.metric=eval_fid"],
+     r"sweep\.metric='eval_fid' is not reported by the trials; choose one of: .*eval_ari_fg"),
+    ("space:\n  model.num_slots: {grid: [abc]}\n", [], r"space\.model\.num_slots='abc'"),
+    ("space:\n  model.kernel: {grid: [cosine]}\n", [], r"model\.kernel='cosine' is not allowed"),
+    ("space:\n  model.kernel: {sobol: [1]}\n", [], r"space\.model\.kernel: unknown kind 'sobol'"),
+    ("space:\n  model.kernel: {grid: [gaussian]}\n", ["sweep.mode=up"], r"sweep\.mode='up' is not allowed"),
+])
+def test_bad_input_is_one_line_before_any_trial(space, extra, message, shards, config_dir, tmp_path, capsys):
+    _space(config_dir, "bad", space)
+    status = tune_cli.main(["space=bad", *TINY, f"data.url={shards}", f"run.storage_path={tmp_path / 'runs'}", *extra])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert pytest.importorskip("re").search(message, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unknown_space_names_the_available_ones(capsys):
+    assert tune_cli.main(["space=nope"]) == 2
+    assert "space=nope: no such sweep; available: geco_kernels" in capsys.readouterr().err
