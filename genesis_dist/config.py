@@ -66,7 +66,10 @@ class OptimConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up
     decay_every: Optional[int] = None  # multiply the learning rate by decay_rate every so many steps
     decay_rate: float = 0.5
-    batch_size: int = 32  # global batch, split evenly across workers
+    batch_size: int = 32  # images per worker and step (the papers' 32 on one GPU); the global batch is × workers
+    global_batch_size: Optional[int] = None  # set: a fixed global batch, split evenly (batch_size is then ignored)
+    lr_scaling: str = "none"  # none | linear | sqrt: scale lr by (global batch / lr_reference_batch)^1 or ^½
+    lr_reference_batch: int = 32  # the global batch `lr` was tuned for
     steps: int = 500_000
     grad_clip: Optional[float] = None  # max global gradient norm
     precision: str = "fp32"  # fp32 | bf16 | fp16
@@ -162,6 +165,7 @@ CHOICES = {
     "model.kernel": ("gaussian", "laplacian", "epanechnikov"),
     "objective.name": ("geco", "elbo", "mse"),
     "optim.precision": ("fp32", "bf16", "fp16"),
+    "optim.lr_scaling": ("none", "linear", "sqrt"),
 }
 SWEEP_CHOICES = {"mode": ("max", "min"), "scheduler": ("asha", "fifo")}
 
@@ -271,10 +275,13 @@ def validate(cfg: DictConfig) -> None:
     """Check enumerated choices and cross-field rules of a TrainConfig; raises ConfigError."""
     _check_choices(cfg)
     validate_model(cfg)
-    if cfg.optim.batch_size % cfg.scaling.num_workers:
-        raise ConfigError(
-            f"optim.batch_size={cfg.optim.batch_size} must be divisible by scaling.num_workers={cfg.scaling.num_workers}"
-        )
+    global_batch = cfg.optim.global_batch_size
+    if global_batch is not None and global_batch % cfg.scaling.num_workers:
+        raise ConfigError(f"optim.global_batch_size={global_batch} must be divisible by "
+                          f"scaling.num_workers={cfg.scaling.num_workers}")
+    for key in ("optim.batch_size", "optim.lr_reference_batch"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(f"{key} must be ≥ 1")
     for key in ("optim.lr", "optim.steps", "scaling.num_workers", "run.checkpoint_every", "run.log_every"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0")
@@ -326,6 +333,22 @@ def _apply_dotlist(cfg: DictConfig, values: list[str]) -> DictConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
     return _merge(cfg, dotlist, "override")
+
+
+def per_worker_batch(optim: Any, world_size: int) -> int:
+    """Images each of `world_size` workers takes per step: `optim.batch_size`, or an even
+    share of `optim.global_batch_size` when that is set."""
+    if optim.global_batch_size is not None:
+        return optim.global_batch_size // world_size
+    return optim.batch_size
+
+
+def effective_lr(optim: Any, world_size: int) -> float:
+    """`optim.lr` scaled for the global batch the workers make together: unchanged
+    (`lr_scaling=none`), × global/reference (`linear`, Goyal et al. 2017) or × its square
+    root (`sqrt`), with `lr_reference_batch` the batch `lr` was tuned for."""
+    ratio = per_worker_batch(optim, world_size) * world_size / optim.lr_reference_batch
+    return optim.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[optim.lr_scaling]
 
 
 def derived_run_name(model: str, data: str, experiment: str | None) -> str:

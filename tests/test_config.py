@@ -96,7 +96,8 @@ def test_resume_conflicts_name_what_changes_the_run():
         (["experiment=nope"], r"experiment=nope: no such config; available: demo"),
         (["optim.precision=fp8"], r"optim\.precision='fp8' is not allowed"),
         (["model.img_size=48"], r"model\.img_size=48: must be a power of two"),
-        (["optim.batch_size=32", "scaling.num_workers=3"], r"divisible"),
+        (["optim.global_batch_size=32", "scaling.num_workers=3"], r"optim\.global_batch_size=32 must be divisible"),
+        (["optim.lr_scaling=cubic"], r"optim\.lr_scaling='cubic' is not allowed; choose one of: none, linear, sqrt"),
         (["optim"], r"expected key=value"),
         (["optim=3"], r"optim is a section"),
         (["run.name=a/b"], r"run\.name='a/b': use letters"),
@@ -165,3 +166,17 @@ def test_pyproject_lists_every_package():
 
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     assert listed == set(find_packages(str(REPO), include=["genesis_dist*"])) | {"genesis_dist.configs"}
+
+
+def test_batch_semantics_per_worker_global_and_lr_scaling():
+    from genesis_dist.config import effective_lr, per_worker_batch
+
+    paper = load_config(["data=shapestacks"]).optim
+    assert per_worker_batch(paper, 8) == 32 and effective_lr(paper, 8) == 1e-4  # 8 GPUs × 32, lr as tuned
+    linear = load_config(["data=shapestacks", "optim.lr_scaling=linear"]).optim
+    assert effective_lr(linear, 8) == pytest.approx(8e-4) and effective_lr(linear, 1) == pytest.approx(1e-4)
+    sqrt = load_config(["data=shapestacks", "optim.lr_scaling=sqrt"]).optim
+    assert effective_lr(sqrt, 4) == pytest.approx(2e-4)
+    exact = load_config(["data=shapestacks", "optim.global_batch_size=32", "optim.lr_scaling=linear",
+                         "scaling.num_workers=4"]).optim
+    assert per_worker_batch(exact, 4) == 8 and effective_lr(exact, 4) == pytest.approx(1e-4)  # the paper's exact batch

@@ -67,13 +67,24 @@ def lr_factor(step: int, warmup_steps: int = 0, decay_every: int | None = None, 
     return factor
 
 
-def make_optimizer(params, cfg: Any) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam at `optim.lr` and its per-step schedule (`lr_factor`) from an OptimConfig."""
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+def make_optimizer(params, cfg: Any, lr: float | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam at `lr` (default `optim.lr`) and its per-step schedule (`lr_factor`) from an
+    OptimConfig."""
+    optimizer = torch.optim.Adam(params, lr=cfg.lr if lr is None else lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.decay_every, cfg.decay_rate)
     )
     return optimizer, schedule
+
+
+def set_base_lr(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
+    """Make `lr` the schedule's base learning rate, keeping its position (after resuming
+    with another number of workers, the scaled learning rate follows the new global batch)."""
+    schedule.base_lrs = [lr] * len(optimizer.param_groups)
+    factor = schedule.lr_lambdas[0](schedule.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -10,31 +10,33 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig
 
+from ..config import effective_lr, per_worker_batch
 from ..models import build_model
 from .checkpoint import load_checkpoint, set_rng_state
 from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publish, RunLog, worker_file
 from .loop import (Hook, TrainState, fit, make_grad_scaler, make_objective, make_optimizer, seed_everything,
-                   use_channels_last)
+                   set_base_lr, use_channels_last)
 
 
-def build_state(cfg: DictConfig, device: torch.device) -> TrainState:
+def build_state(cfg: DictConfig, device: torch.device, world: int = 1) -> TrainState:
     """Model (same initial weights on every rank, from `run.seed`), objective, optimiser
-    and schedule, scaler, at step 0."""
+    (learning rate scaled for the global batch of `world` workers) and schedule, scaler,
+    at step 0."""
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     model = build_model(cfg.model).to(device)
     if cfg.optim.channels_last:
         use_channels_last(model)
-    optimizer, schedule = make_optimizer(model.parameters(), cfg.optim)
+    optimizer, schedule = make_optimizer(model.parameters(), cfg.optim, effective_lr(cfg.optim, world))
     objective = make_objective(cfg.objective, cfg.model.img_size).to(device)
     return TrainState(model, objective, optimizer, schedule, make_grad_scaler(device, cfg.optim.precision))
 
 
 def make_train_loader(cfg: DictConfig, rank: int, world: int):
-    """The rank's stream of training batches (`optim.batch_size / world` images each)."""
+    """The rank's stream of training batches (`per_worker_batch` images each)."""
     from ..data import make_loader
 
     return make_loader(
-        cfg.data.url, cfg.data.train_split, cfg.optim.batch_size // world, rank=rank, world_size=world,
+        cfg.data.url, cfg.data.train_split, per_worker_batch(cfg.optim, world), rank=rank, world_size=world,
         num_workers=cfg.data.num_workers, seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
         storage_options=dict(cfg.data.storage_options),
     )
@@ -62,9 +64,12 @@ def heldout_batch(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, 
 
 def restore(state: TrainState, loader, folder: str, rank: int, seed: int) -> float | None:
     """Load a checkpoint folder into `state` and the rank's data position and RNG;
-    returns the run's best held-out score so far."""
+    returns the run's best held-out score so far. The learning rate stays the one
+    `state` was built with (scaled for this world size)."""
     saved, meta = load_checkpoint(folder)
+    lr = state.schedule.base_lrs[0]
     state.load_state_dict(saved, int(meta["step"]))
+    set_base_lr(state.optimizer, state.schedule, lr)
     worker_path = os.path.join(folder, worker_file(rank))
     if os.path.exists(worker_path):
         worker_state = torch.load(worker_path, weights_only=True)
@@ -99,7 +104,8 @@ def standard_hooks(cfg: DictConfig, run_url: str, rank: int, world: int, device:
         logger = RunLogger(run_url, storage_options)
         heldout = heldout_batch(cfg, device)
         run_log = RunLog(run_url, cfg.run.log_every, cfg.optim.steps, logger, storage_options, start_step, print_line)
-        hooks += [run_log, Figures(run_url, cfg.run.image_every, cfg.optim.steps, heldout[0], logger, storage_options)]
+        hooks += [run_log, Figures(run_url, cfg.run.image_every, cfg.optim.steps, heldout[0], logger, storage_options,
+                                   masks=heldout[1])]
     hooks.append(Checkpoints(cfg, run_url, rank, loader, publish, heldout, run_log, best_score))
     if rank == 0:
         hooks.append(FinishedMarker(run_url, cfg.optim.steps, storage_options))
@@ -111,8 +117,12 @@ def train_rank(cfg: DictConfig, run_url: str, rank: int, world: int, device: tor
                print_line: Callable[[str], None] = print) -> TrainState:
     """Run one rank of `cfg` to `optim.steps`: build, resume from `checkpoint_folder` if
     given, wrap the model (DDP) with `wrap_model`, and `fit` with the standard hooks."""
-    state = build_state(cfg, device)
+    state = build_state(cfg, device, world)
     loader = make_train_loader(cfg, rank, world)
+    if rank == 0:
+        batch = per_worker_batch(cfg.optim, world)
+        print_line(f"[genesis-dist] {world} worker(s) × {batch} images = global batch {batch * world}; "
+                   f"lr {state.schedule.base_lrs[0]:.3g} (optim.lr {cfg.optim.lr:g}, lr_scaling {cfg.optim.lr_scaling})")
     best = None
     if checkpoint_folder is not None:
         best = restore(state, loader, checkpoint_folder, rank, cfg.run.seed)
