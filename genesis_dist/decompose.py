@@ -5,7 +5,8 @@ For every image (any size; resized so the shorter side matches the model, then
 centre-cropped) writes `<name>_decomposition.png` (input, reconstruction,
 segmentation, masked components) and `<name>_mask_<k>.png` /
 `<name>_component_<k>.png` for each slot. CHECKPOINT is a checkpoint folder
-(local or s3://) written by `genesis_dist.train`.
+(local or s3://) written by `genesis_dist.train`; `RUN/best` is the run's best checkpoint
+(the folder `RUN/best.json` points to).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .training.checkpoint import CheckpointError, load_checkpoint
+from .training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .data.formats.imaging import shorter_side_centre_crop
 from .models import build_model
 
@@ -43,7 +44,7 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
 
 def load_model(checkpoint: str) -> torch.nn.Module:
     """The model stored in a checkpoint folder, in eval mode on the CPU."""
-    state, meta = load_checkpoint(checkpoint)
+    state, meta = load_checkpoint(resolve_checkpoint(checkpoint))
     model = build_model(meta["config"]["model"])
     model.load_state_dict(state["model"])
     return model.eval()

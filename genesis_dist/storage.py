@@ -13,11 +13,18 @@ and dropped connections, and s3fs re-requests a byte range whose body was cut of
 mid-read; a missing object (404) or refused access (403) is never retried. `AWS_RETRY_MODE`
 and `AWS_MAX_ATTEMPTS`, or `storage_options={"config_kwargs": {"retries": {...}}}`, override
 these defaults. Other object stores bring their own retries (gcsfs); local files have none.
+
+Failures end in one-line `StorageError`s of a `kind` that the commands turn into a
+documented exit status (`EXIT_STATUS`). Credentials never travel: `aws_environment` hands
+Ray only where the store is and how to retry, and `redacted` / `without_secrets` keep
+secrets in `storage_options` out of prints and stored configs.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -28,8 +35,40 @@ DEFAULT_S3_ATTEMPTS = 6  # total tries of one S3 request, the first included
 _FILESYSTEMS: dict[tuple[int, str, str], fsspec.AbstractFileSystem] = {}
 
 
+# Exit statuses of the commands (train, evaluate, tune), one per kind of failure.
+EXIT_STATUS = {
+    "failed": 1,          # the run (or storage, after its retries) failed for another reason
+    "no_credentials": 3,  # no credentials in the standard chain
+    "access_denied": 4,   # credentials refused (403, expired token, wrong key)
+    "not_found": 5,       # a bucket or object the command needs does not exist
+    "unreachable": 6,     # the object store cannot be reached or kept failing (5xx, timeouts)
+    "disk_full": 7,       # no space left on a local disk
+}
+KIND_TEXT = {
+    "failed": "storage failed", "no_credentials": "no credentials", "access_denied": "access denied",
+    "not_found": "not found", "unreachable": "object store unreachable", "disk_full": "disk full",
+}
+CREDENTIALS_HINT = ("credentials come from the standard AWS chain: the instance profile on a cluster, "
+                    "AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment of the command "
+                    "(and of `ray start` on each node)")
+
+
 class StorageError(RuntimeError):
-    """Storage refused or kept failing after its retries; the message is one line naming the URL."""
+    """Storage refused or kept failing after its retries; the message is one line naming the URL.
+
+    `kind` is a key of EXIT_STATUS: no_credentials, access_denied, not_found, unreachable,
+    disk_full or failed."""
+
+    def __init__(self, message: str, kind: str = "failed"):
+        super().__init__(message)
+        self.kind = kind if kind in EXIT_STATUS else "failed"
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS[self.kind]
+
+    def __reduce__(self):  # keeps `kind` when Ray pickles the error from a worker
+        return (self.__class__, (str(self), self.kind))
 
 
 def protocol_of(url: str) -> str:
@@ -91,8 +130,8 @@ def storage_errors(url: str) -> Iterator[None]:
     """Turn a storage failure inside the block into a one-line StorageError naming `url`.
 
     FileNotFoundError passes through (callers decide what a missing file means);
-    PermissionError becomes "access denied"; any other OSError or botocore error is
-    what outlived the library's retries.
+    everything else that `classify` recognises (refused access, no credentials, an
+    unreachable or failing store, a full disk) becomes a StorageError of that kind.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -100,14 +139,91 @@ def storage_errors(url: str) -> Iterator[None]:
         yield
     except FileNotFoundError:
         raise
-    except PermissionError as error:
-        raise StorageError(f"{url}: access denied ({_one_line(error)})") from None
+    except StorageError:
+        raise
     except (OSError, BotoCoreError, ClientError) as error:
-        raise StorageError(f"{url}: {type(error).__name__}: {_one_line(error)}") from None
+        kind = classify(error) or "failed"
+        hint = f"; {CREDENTIALS_HINT}" if kind == "no_credentials" else ""
+        raise StorageError(f"{url}: {KIND_TEXT[kind]} ({type(error).__name__}: {_one_line(error)}){hint}",
+                           kind) from None
 
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+def root_errors(error: BaseException) -> Iterator[BaseException]:
+    """`error` and every error it wraps: causes and contexts, and Ray's wrappers (a
+    TrainingFailedError's `worker_failures` and `controller_failure`, a worker's
+    `_base_exc`, a RayTaskError's `cause`), found by attribute so storage needs no Ray."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen or not isinstance(current, BaseException):
+            continue
+        seen.add(id(current))
+        yield current
+        failures = getattr(current, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo.extend(failures.values())
+        for name in ("_base_exc", "controller_failure", "cause", "__cause__", "__context__"):
+            todo.append(getattr(current, name, None))
+
+
+_ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AccountProblem",
+                 "AllAccessDisabled", "InvalidToken", "TokenRefreshRequired", "RequestTimeTooSkewed", "403"}
+_MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+_UNAVAILABLE_CODES = {"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "500", "502", "503", "504"}
+
+
+def classify(error: BaseException) -> str | None:
+    """The EXIT_STATUS kind of one error (not its causes), or None when it is not a storage failure."""
+    if isinstance(error, StorageError):
+        return error.kind
+    name = type(error).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                "DefaultCredentialsError", "UnauthorizedSSOTokenError", "ProfileNotFound"):
+        return "no_credentials"
+    code = str(((getattr(error, "response", None) or {}).get("Error") or {}).get("Code", ""))
+    if code in _ACCESS_CODES:
+        return "access_denied"
+    if code in _MISSING_CODES:
+        return "not_found"
+    if code in _UNAVAILABLE_CODES:
+        return "unreachable"
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ProxyConnectionError", "ClientConnectorError", "ServerDisconnectedError", "ServerTimeoutError",
+                "ResponseStreamingError", "IncompleteReadError"):
+        return "unreachable"
+    if isinstance(error, OSError):
+        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return "disk_full"
+        if isinstance(error, PermissionError):
+            return "access_denied"
+        if isinstance(error, (ConnectionError, TimeoutError)) or error.errno in (
+                getattr(errno, "EREMOTEIO", errno.EIO), errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "unreachable"
+    return None
+
+
+def storage_failure(error: BaseException, url: str = "") -> StorageError | None:
+    """The storage failure behind `error` (searching everything it wraps, see `root_errors`)
+    as a one-line StorageError, or None when storage is not what failed. A StorageError
+    found in the chain is returned as it is; otherwise the message names `url` when given."""
+    found: list[tuple[str, BaseException]] = []
+    for candidate in root_errors(error):
+        if isinstance(candidate, StorageError):
+            return candidate
+        kind = classify(candidate)
+        if kind is not None:
+            found.append((kind, candidate))
+    if not found:
+        return None
+    kind, cause = found[0]
+    where = f"{url}: " if url else ""
+    hint = f"; {CREDENTIALS_HINT}" if kind == "no_credentials" else ""
+    return StorageError(f"{where}{KIND_TEXT[kind]} ({type(cause).__name__}: {_one_line(cause)}){hint}", kind)
 
 
 def ray_storage(url: str, storage_options: dict[str, Any] | None = None):
@@ -124,6 +240,170 @@ def ray_storage(url: str, storage_options: dict[str, Any] | None = None):
     return path, PyFileSystem(FSSpecHandler(fs))
 
 
+def describe_failure(error: BaseException) -> tuple[int, str]:
+    """(exit status, one line) for a command that ends in `error`: a storage failure
+    anywhere in its chain gives that kind's status (EXIT_STATUS); anything else is status 1
+    with the first error in the chain that is not one of Ray's wrappers (a worker's own
+    exception rather than Ray's TrainingFailedError around it)."""
+    failure = storage_failure(error)
+    if failure is not None:
+        return failure.exit_status, str(failure)
+    chain = list(root_errors(error))
+    own = [e for e in chain if not type(e).__module__.startswith("ray.")]
+    cause = own[0] if own else chain[-1]
+    text = _one_line(cause)
+    if len(text) > 400:
+        text = text[:400] + " …"
+    return EXIT_STATUS["failed"], f"{type(cause).__name__}: {text}"
+
+
+# The AWS settings that may travel to Ray processes in a runtime environment: where the
+# store is, which profile, how to retry. Never who you are: keys, secrets and session
+# tokens are shown by the Ray dashboard and the state API to anyone who reaches them.
+TRAVELLING_AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                           "AWS_PROFILE", "AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS")
+
+
 def aws_environment() -> dict[str, str]:
-    """AWS variables of this process, to pass on to Ray workers."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    """The non-secret AWS settings of this process (TRAVELLING_AWS_SETTINGS that are set), to
+    pass on to Ray processes. Credentials reach Ray's processes the standard way instead: the
+    instance profile on a cluster, or the environment of the node's `ray start` (a local
+    cluster started by `ray.init()` inherits the driver's environment)."""
+    return {k: os.environ[k] for k in TRAVELLING_AWS_SETTINGS if os.environ.get(k)}
+
+
+# Keys inside a `storage_options` mapping whose values are credentials (s3fs, gcsfs, adlfs,
+# botocore client kwargs).
+SECRET_OPTION_KEYS = frozenset({
+    "key", "secret", "token", "password", "session_token", "access_key", "secret_key", "account_key",
+    "sas_token", "client_secret", "credentials", "connection_string",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+})
+OPTIONS_KEY = "storage_options"
+REDACTED = "<redacted>"
+
+
+def _walk_secrets(value: Any, on_secret, inside: bool) -> Any:
+    """A copy of `value` where each secret entry (a SECRET_OPTION_KEYS key inside a
+    `storage_options` mapping) is replaced by on_secret(value), or dropped when that is ...
+    (Ellipsis)."""
+    if isinstance(value, dict):
+        copy = {}
+        for k, v in value.items():
+            if inside and isinstance(k, str) and k.lower() in SECRET_OPTION_KEYS and v not in (None, ""):
+                replacement = on_secret(v)
+                if replacement is not ...:
+                    copy[k] = replacement
+            else:
+                copy[k] = _walk_secrets(v, on_secret, inside or k == OPTIONS_KEY)
+        return copy
+    if isinstance(value, list):
+        return [_walk_secrets(v, on_secret, inside) for v in value]
+    return value
+
+
+def redacted(config: Any, options: bool = False) -> Any:
+    """A copy of `config` (a config as nested dicts and lists) whose secrets inside any
+    `storage_options` read REDACTED: for prints and logs. `options=True`: `config` is itself
+    a storage_options mapping."""
+    return _walk_secrets(config, lambda v: REDACTED, options)
+
+
+def without_secrets(config: Any, options: bool = False) -> Any:
+    """A copy of `config` without the secrets inside any `storage_options`: for files (a
+    stored config then works with the standard credential chain, and holds no secret)."""
+    return _walk_secrets(config, lambda v: ..., options)
+
+
+def has_secrets(config: Any, options: bool = False) -> bool:
+    """True when `config` holds a secret inside some `storage_options`."""
+    return without_secrets(config, options) != config
+
+
+class Secret:
+    """A value that travels to other processes (pickled) but never shows: its repr and str
+    are REDACTED, so Ray's dashboard and state API, which render a train loop config
+    with str(), show nothing of it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return REDACTED
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        return (Secret, (self.value,))
+
+
+def write_atomic(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write `data` to `url` so that a reader sees the old content or the new, never a
+    part: on local disk a temporary file beside it, then a rename; on object stores one
+    PUT (an object appears whole or not at all)."""
+    fs, path = filesystem(url, storage_options)
+    if is_remote(url):
+        fs.pipe_file(path, data)
+        return
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def create_exclusive(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> bool:
+    """Create `url` holding `data` only if nothing is there yet; True when this call created it.
+
+    Local files: a hard link from a complete temporary file (fails when `path` exists). s3://: a conditional PUT (If-None-Match: *), which AWS S3
+    and moto honour; a store that ignores the condition makes this last-writer-wins.
+    Other object stores: an existence check before the write (not atomic)."""
+    fs, path = filesystem(url, storage_options)
+    protocol = protocol_of(url)
+    if protocol == "file":
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(temporary, "wb") as f:
+            f.write(data)
+        try:
+            os.link(temporary, path)  # fails if `path` exists; readers never see a partial file
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(temporary)
+    try:
+        if protocol == "s3":
+            fs.pipe_file(path, data, mode="create")
+            return True
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as error:  # s3fs maps some PreconditionFailed answers to EINVAL
+        if "PreconditionFailed" in str(error) or "412" in str(error):
+            return False
+        raise
+
+
+def list_names(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Names (last path parts) directly under the folder `url`; [] when it does not exist."""
+    fs, path = filesystem(url, storage_options)
+    fs.invalidate_cache()
+    try:
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        return []
+

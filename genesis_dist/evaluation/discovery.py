@@ -1,9 +1,14 @@
 """Finding a run's checkpoints while training may still be writing them.
 
 A run folder `{run.storage_path}/{run.name}/` holds `checkpoint_<8-digit step>/` folders
-(Ray-managed; older ones are deleted as training goes on), `best/`, and `finished.json`
-once training has ended. A checkpoint is ready when its `meta.json` (written last) is
-readable and `state.pt` has the size it records; anything else may still be uploading.
+(Ray-managed; older ones are deleted as training goes on), the best checkpoint (the
+folder `best.json` points to; `best/` in older runs), and `finished.json` once training
+has ended. A checkpoint is ready when its `meta.json` (written last) is readable and
+`state.pt` has the size it records; anything else may still be uploading.
+
+Training deletes all but the last `run.keep_checkpoints` checkpoints: the scanner notes
+checkpoints that disappear (`vanished`), and `missed_steps` finds checkpoint steps that
+were gone before any scan saw them, so the evaluator can warn about both.
 """
 from __future__ import annotations
 
@@ -12,11 +17,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..training.checkpoint import META_FILE, STATE_FILE
+from omegaconf import OmegaConf
+
+from ..training.checkpoint import BEST_POINTER, LEGACY_BEST, META_FILE, STATE_FILE, read_best_pointer
 from ..storage import filesystem, join
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint_\d+$")
-BEST = "best"
+BEST = "best"  # the name a run's best checkpoint is listed under, wherever best.json points
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,20 @@ def run_finished(run_url: str, storage_options: dict | None = None) -> bool:
     return fs.exists(path)
 
 
+def missed_steps(run_url: str, present: set[int], evaluated: set[int], storage_options: dict | None = None) -> list[int]:
+    """Checkpoint steps the run's stored config (`run.checkpoint_every`) says were written,
+    up to the latest present, that are neither present nor evaluated: training deleted
+    them first. [] when the run has no readable config.yaml."""
+    if not present:
+        return []
+    fs, path = filesystem(join(run_url, "config.yaml"), storage_options)
+    try:
+        every = int(OmegaConf.create(fs.cat_file(path).decode()).run.checkpoint_every)
+    except Exception:  # noqa: BLE001 - no config (a hand-made run folder): nothing to compare with
+        return []
+    return [s for s in range(every, max(present), every) if s not in present and s not in evaluated]
+
+
 class CheckpointScanner:
     """Lists a run's checkpoints; remembers the meta.json of `checkpoint_*` folders (they
     never change once complete) so a poll reads only new folders and `best/`."""
@@ -52,6 +73,8 @@ class CheckpointScanner:
         self.run_url = run_url
         self.storage_options = storage_options
         self._metas: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, int | None] = {}  # checkpoint_* name -> step (None until readable)
+        self.vanished: list[tuple[str, int | None]] = []  # (name, step) gone since the last scan
 
     def scan(self) -> list[CheckpointInfo]:
         """Checkpoints sorted by step (incomplete ones last); a step present both as
@@ -62,11 +85,16 @@ class CheckpointScanner:
             names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
         except FileNotFoundError:
             return []
-        names = sorted(n for n in names if CHECKPOINT_NAME.match(n)) + ([BEST] if BEST in names else [])
+        has_best = BEST_POINTER in names or LEGACY_BEST in names
+        names = sorted(n for n in names if CHECKPOINT_NAME.match(n)) + ([BEST] if has_best else [])
         self._metas = {n: m for n, m in self._metas.items() if n in names}
+        self.vanished = [(n, step) for n, step in self._seen.items() if n not in names]
+        self._seen = {n: step for n, step in self._seen.items() if n in names}
         found, steps = [], set()
         for name in names:
             info = self._inspect(name)
+            if name != BEST:
+                self._seen[name] = info.step if info.step is not None else self._seen.get(name)
             if info.step is not None and info.step in steps:
                 continue
             if info.step is not None:
@@ -76,6 +104,9 @@ class CheckpointScanner:
 
     def _inspect(self, name: str) -> CheckpointInfo:
         url = join(self.run_url, name)
+        if name == BEST:  # follow the pointer: the folder it names is complete
+            pointer = read_best_pointer(self.run_url, self.storage_options)
+            url = join(self.run_url, pointer["folder"]) if pointer is not None else join(self.run_url, LEGACY_BEST)
         fs, path = filesystem(url, self.storage_options)
         if name in self._metas:  # complete before, and checkpoint folders never change
             meta = self._metas[name]

@@ -9,7 +9,10 @@
     tensorboard/     `eval/*` scalars
     figures/         decomposition_<step>.png, generation_<step>.png (written by the actors)
 
-Only the driver writes these files (the actors write figures), so nothing races.
+Only the driver writes these files (the actors write figures), so nothing races (one
+driver per run: evaluation/lease.py). `<step>.json` is the record of truth: an evaluator
+killed between writing it and its `metrics.jsonl` line leaves the line to be mended by the
+next one (`EvalReport` rewrites `metrics.jsonl` from the records when they disagree).
 """
 from __future__ import annotations
 
@@ -89,6 +92,21 @@ class EvalReport:
         self.storage_options = storage_options
         self.records = read_records(run_url, storage_options)
         self._logger = None
+        self._mend_history()
+
+    def _mend_history(self) -> None:
+        """Make `metrics.jsonl` list each record once (in the order they were evaluated)."""
+        fs, path = filesystem(join(self.folder, "metrics.jsonl"), self.storage_options)
+        try:
+            steps = [int(json.loads(line)["step"]) for line in fs.cat_file(path).decode().splitlines() if line.strip()]
+        except FileNotFoundError:
+            steps = []
+        except (ValueError, KeyError):  # a line cut off mid-write
+            steps = None
+        if steps is not None and sorted(steps) == sorted(self.records):
+            return
+        ordered = sorted(self.records.values(), key=lambda r: (str(r.get("evaluated_at", "")), r["step"]))
+        fs.pipe_file(path, "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in ordered).encode())
 
     def evaluated_steps(self) -> set[int]:
         return set(self.records)

@@ -4,6 +4,12 @@
 A checkpoint is valid only if `meta.json` exists and the sha256 matches, so a
 crash mid-write never leaves a checkpoint that loads as valid. Works on any
 fsspec URL (local path, s3://, gs://).
+
+A run's best checkpoint is never overwritten in place (object stores have no rename):
+`save_best` writes a new folder `best-<step>-<tag>/` beside the old one, then switches the
+pointer `best.json` (one atomic write, last), then deletes best folders older than the
+previous one. Readers follow the pointer (`best_checkpoint_url`), so a crash or a failed
+upload at any moment leaves the previous best loadable.
 """
 from __future__ import annotations
 
@@ -11,15 +17,21 @@ import hashlib
 import io
 import json
 import random
+import uuid
 from typing import Any
 
 import fsspec
 import numpy as np
 import torch
 
+from ..storage import filesystem, join, list_names, write_atomic
+
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
+BEST_POINTER = "best.json"  # {"folder": "best-<step>-<tag>", "step", "sha256", "best_score"}
+BEST_PREFIX = "best-"
+LEGACY_BEST = "best"  # runs from before the pointer: best/ written in place
 
 
 class CheckpointError(RuntimeError):
@@ -99,3 +111,58 @@ def load_checkpoint(url: str, storage_options: dict | None = None, map_location:
         raise CheckpointError(f"{url}: {STATE_FILE} does not match the sha256 in {META_FILE} (corrupt or partial)")
     state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     return state, meta
+
+
+def save_best(run_url: str, state: dict[str, Any], meta: dict[str, Any], storage_options: dict | None = None) -> str:
+    """Make `state` the run's best checkpoint without ever leaving no valid one: write the
+    new folder `best-<step>-<tag>/` (state.pt, then meta.json), switch `best.json` to it
+    (atomically, last), then delete best folders other than the new and the previous one
+    (a reader that followed the old pointer a moment ago can still load it). Returns the
+    new folder's URL."""
+    previous = read_best_pointer(run_url, storage_options)
+    name = f"{BEST_PREFIX}{int(meta['step']):08d}-{uuid.uuid4().hex[:6]}"
+    url = join(run_url, name)
+    digest = save_checkpoint(url, state, meta, storage_options)
+    pointer = {"folder": name, "step": int(meta["step"]), "sha256": digest, "best_score": meta.get("best_score")}
+    write_atomic(join(run_url, BEST_POINTER), json.dumps(pointer).encode(), storage_options)
+    keep = {name, (previous or {}).get("folder")}
+    for stale in list_names(run_url, storage_options):
+        if stale.startswith(BEST_PREFIX) and stale not in keep:
+            fs, stale_path = filesystem(join(run_url, stale), storage_options)
+            try:
+                fs.rm(stale_path, recursive=True)
+            except FileNotFoundError:
+                pass
+    return url
+
+
+def read_best_pointer(run_url: str, storage_options: dict | None = None) -> dict[str, Any] | None:
+    """The run's `best.json` ({"folder", "step", "sha256", "best_score"}), or None when the
+    run has none (or it is unreadable: it is written atomically, so that means no best)."""
+    fs, path = filesystem(join(run_url, BEST_POINTER), storage_options)
+    try:
+        pointer = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+    return pointer if isinstance(pointer, dict) and isinstance(pointer.get("folder"), str) else None
+
+
+def best_checkpoint_url(run_url: str, storage_options: dict | None = None) -> str | None:
+    """The URL of the run's best checkpoint folder: where `best.json` points, else a
+    legacy `best/` folder with a meta.json, else None."""
+    pointer = read_best_pointer(run_url, storage_options)
+    if pointer is not None:
+        return join(run_url, pointer["folder"])
+    legacy = join(run_url, LEGACY_BEST)
+    fs, path = filesystem(legacy, storage_options)
+    return legacy if fs.exists(f"{path}/{META_FILE}") else None
+
+
+def resolve_checkpoint(url: str, storage_options: dict | None = None) -> str:
+    """`url` itself, or for `RUN/best` (an alias) the folder `RUN/best.json` points to."""
+    fs, path = filesystem(url, storage_options)
+    if url.rstrip("/").rsplit("/", 1)[-1] != LEGACY_BEST or fs.exists(f"{path}/{META_FILE}"):
+        return url
+    run_url = url.rstrip("/").rsplit("/", 1)[0]
+    pointer = read_best_pointer(run_url, storage_options)
+    return join(run_url, pointer["folder"]) if pointer is not None else url

@@ -13,8 +13,8 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..storage import filesystem, join
-from .checkpoint import rng_state, save_checkpoint
+from ..storage import filesystem, join, without_secrets
+from .checkpoint import rng_state, save_best, save_checkpoint
 from .loop import Hook, TrainState, evaluate_batch
 
 Publish = Callable[[str, dict[str, Any], int], None]  # (checkpoint folder, metrics, step)
@@ -144,9 +144,11 @@ class Figures(Hook):
 
 class Checkpoints(Hook):
     """Every `checkpoint_every` steps and at the end: rank 0 scores the held-out batch and
-    writes the training state (and `best/` when the held-out ELBO improved); every
-    rank adds its RNG and data position; `publish` hands the folder on (to Ray Train,
-    which keeps the last `keep_checkpoints` and resumes from them).
+    writes the training state (and, when the held-out ELBO improved, a new best checkpoint
+    through `save_best`: never in place); every rank adds its RNG, data position and the
+    count of corrupt samples/shards its stream skipped (`data_skipped`); `publish` hands
+    the folder on (to Ray Train, which keeps the last `keep_checkpoints` and resumes from
+    them). The stored config holds no secrets (`storage.without_secrets`).
 
     `loader` is the rank's data stream (its `state_dict` is its position).
     """
@@ -176,19 +178,23 @@ class Checkpoints(Hook):
             if self.rank == 0:
                 train_state = state.state_dict()
                 meta = {"step": step, "best_score": self.best, "metrics": metrics, "eval": eval_scores,
-                        "config": OmegaConf.to_container(self.cfg)}
+                        "data_skipped": self._skipped(), "config": without_secrets(OmegaConf.to_container(self.cfg))}
                 save_checkpoint(folder, train_state, meta)
                 if improved:
-                    save_checkpoint(join(self.run_url, "best"), train_state, meta, self.storage_options)
+                    save_best(self.run_url, train_state, meta, self.storage_options)
                 if self.run_log is not None:
                     self.run_log.add_eval(step, eval_scores)
             worker_state = {
-                "rng": rng_state(), "data": self.loader.state_dict(),
+                "rng": rng_state(), "data": self.loader.state_dict(), "data_skipped": self._skipped(),
                 # Lets anyone check that DDP kept every rank identical.
                 "beta": state.objective.beta, "params_sha256": parameters_digest(state.module),
             }
             torch.save(worker_state, os.path.join(folder, worker_file(self.rank)))
             self.publish(folder, {**(metrics or {}), **{f"eval_{k}": v for k, v in eval_scores.items()}}, step)
+
+    def _skipped(self) -> int:
+        """Corrupt samples and shards this rank's stream skipped so far (since it started)."""
+        return int(getattr(self.loader, "corrupt_total", 0))
 
 
 class FinishedMarker(Hook):

@@ -8,13 +8,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..storage import aws_environment, join, ray_storage
+from ..storage import Secret, aws_environment, join, ray_storage, redacted
 from .hooks import checkpoint_name
 from .run import train_rank
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train loop: `config = {"cfg": TrainConfig as a dict, "run_url": str}`.
+    """Ray Train loop: `config = {"cfg": TrainConfig as a dict with secrets redacted,
+    "storage_options": Secret(data.storage_options), "run_url": str}` (Ray's dashboard shows
+    the loop config; a `Secret` shows as <redacted> and reaches the worker intact).
 
     Each checkpoint is reported with the step's metrics and `timesteps_total` = the
     step (the x-axis of Ray Tune's TensorBoard logs when the run is a sweep trial)."""
@@ -23,6 +25,8 @@ def train_worker(config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
 
     cfg = OmegaConf.create(config["cfg"])
+    if "storage_options" in config:
+        cfg.data.storage_options = config["storage_options"].value
     ctx = ray.train.get_context()
 
     def publish(folder: str, metrics: dict[str, Any], step: int) -> None:
@@ -54,8 +58,10 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None):
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     storage_path, storage_fs = ray_storage(cfg.run.storage_path, dict(cfg.data.storage_options))
+    plain = OmegaConf.to_container(cfg, resolve=True)
     config: dict[str, Any] = {
-        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "cfg": redacted(plain),
+        "storage_options": Secret(plain["data"]["storage_options"]),
         "run_url": join(cfg.run.storage_path, cfg.run.name),
     }
     return TorchTrainer(

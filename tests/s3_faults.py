@@ -5,17 +5,27 @@
         options = proxy.storage_options  # s3fs options that reach moto through the proxy
 
 Faults, applied to requests whose method matches and whose path contains `path_part`,
-`times` times each (None: always):
+`times` times each (None: always), to a `fraction` of the matching requests (drawn from a
+generator seeded by `seed`, so a run injects the same faults every time):
   "503"   a 503 ServiceUnavailable answer (transient: retried by botocore),
+  "500"   a 500 InternalError answer (transient: retried by botocore),
   "cut"   the real answer's headers, then half its body and a closed connection (transient:
           the body is re-requested by s3fs),
+  "reset" the connection reset (TCP RST) before any answer (transient: retried by botocore),
+  "stall" the real answer after `seconds` of silence (a client whose read timeout is
+          shorter gives up and retries),
   "403"   AccessDenied (permanent: must not be retried).
-Every request is counted in `requests` by (method, path), so tests can see retries happen or not.
+Every request is counted in `requests` by (method, path), and every injected fault in
+`injected` by kind, so tests can see retries happen or not.
 """
 from __future__ import annotations
 
 import http.client
+import random
+import socket
+import struct
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,8 +43,17 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy
 class Fault:
     method: str
     path_part: str
-    kind: str  # "503", "cut" or "403"
+    kind: str  # "503", "500", "cut", "reset", "stall" or "403"
     times: int | None = 1
+    fraction: float = 1.0  # of the matching requests (seeded draw)
+    seconds: float = 0.0  # how long a "stall" lasts
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:  # a reset connection is the point
+        pass
 
 
 class FaultyS3:
@@ -44,8 +63,10 @@ class FaultyS3:
         self._server_options = server.storage_options
         self.upstream = urlsplit(server.endpoint_url)
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.injected: Counter[str] = Counter()
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        self._random = random.Random(0)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,8 +80,7 @@ class FaultyS3:
 
             do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -77,33 +97,48 @@ class FaultyS3:
         with self._lock:
             self._faults.append(fault)
 
-    def clear(self) -> None:
+    def clear(self, seed: int = 0) -> None:
+        """Drop every fault and count; reseed the fraction draws."""
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.injected.clear()
+            self._random = random.Random(seed)
 
     def count(self, method: str, path_part: str) -> int:
         """Requests seen with `method` whose path contains `path_part`."""
         with self._lock:
             return sum(n for (m, p), n in self.requests.items() if m == method and path_part in p)
 
-    def _fault_for(self, method: str, path: str) -> str | None:
+    def _fault_for(self, method: str, path: str) -> Fault | None:
         with self._lock:
             self.requests[(method, path.split("?")[0])] += 1
             for fault in self._faults:
                 if fault.method == method and fault.path_part in path and fault.times != 0:
+                    if fault.fraction < 1.0 and self._random.random() >= fault.fraction:
+                        continue
                     if fault.times is not None:
                         fault.times -= 1
-                    return fault.kind
+                    self.injected[fault.kind] += 1
+                    return fault
         return None
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         method, path = handler.command, handler.path
         body = _request_body(handler)
-        fault = self._fault_for(method, path)
-        if fault in ("503", "403"):
-            code, message = (("ServiceUnavailable", "Service is unavailable.") if fault == "503"
-                             else ("AccessDenied", "Access Denied"))
+        chosen = self._fault_for(method, path)
+        fault = chosen.kind if chosen else None
+        if fault == "reset":
+            handler.close_connection = True
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            handler.connection.close()  # RST: the client sees "connection reset by peer"
+            return
+        if fault == "stall":
+            time.sleep(chosen.seconds)
+        if fault in ("503", "500", "403"):
+            code, message = {"503": ("ServiceUnavailable", "Service is unavailable."),
+                             "500": ("InternalError", "We encountered an internal error. Please try again."),
+                             "403": ("AccessDenied", "Access Denied")}[fault]
             payload = ERROR_XML.format(code=code, message=message, path=path.split("?")[0]).encode()
             handler.send_response(int(fault))
             handler.send_header("Content-Type", "application/xml")
