@@ -2,10 +2,11 @@
 of your own images.
 
 For every image (any size; resized so the shorter side matches the model, then
-centre-cropped) writes `<name>_decomposition.png` (input, reconstruction,
-segmentation, masked components) and `<name>_mask_<k>.png` /
-`<name>_component_<k>.png` for each slot. CHECKPOINT is a checkpoint folder
-(local or s3://) written by `genesis_dist.train`; `RUN/best` is the run's best checkpoint
+centre-cropped) writes `<name>_decomposition.png` (labelled columns: input,
+reconstruction, segmentation over the input, each slot's masked component, and for
+GENESIS-V2 the IC-SBP attention masks; a caption with the checkpoint's step and the
+ELBO) and `<name>_mask_<k>.png` / `<name>_component_<k>.png` for each slot.
+CHECKPOINT is a checkpoint folder (local or s3://) written by `genesis_dist.train`; `RUN/best` is the run's best checkpoint
 (the folder `RUN/best.json` points to).
 """
 from __future__ import annotations
@@ -42,12 +43,12 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     return torch.from_numpy(square.astype(np.float32) / 255.0).permute(2, 0, 1)
 
 
-def load_model(checkpoint: str) -> torch.nn.Module:
-    """The model stored in a checkpoint folder, in eval mode on the CPU."""
+def load_model(checkpoint: str) -> tuple[torch.nn.Module, int]:
+    """The model stored in a checkpoint folder, in eval mode on the CPU, and its step."""
     state, meta = load_checkpoint(resolve_checkpoint(checkpoint))
     model = build_model(meta["config"]["model"])
     model.load_state_dict(state["model"])
-    return model.eval()
+    return model.eval(), int(meta.get("step", 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, …)")
     parser.add_argument("--out", default="decompositions", help="output folder (default: ./decompositions)")
     args = parser.parse_args(argv)
-    from .figures import decomposition_grid, save_png
+    from .figures import decomposition_figure, save_png, scores_caption
+    from .models import is_generative
 
     try:
-        model = load_model(args.checkpoint)
+        model, step = load_model(args.checkpoint)
         size = model.img_size
         images = torch.stack([load_image(p, size) for p in args.images])
     except (CheckpointError, ImageError) as err:
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, path in enumerate(args.images):
         stem = Path(path).stem
         sl = slice(i, i + 1)
-        save_png(decomposition_grid(images[sl], out.recon[sl], out.log_masks[sl], out.components[sl]),
+        att = out.log_att_masks[sl] if out.log_att_masks is not None else None
+        caption = scores_caption(f"{Path(path).name} decomposed", step, elbo=out.elbo[sl] if is_generative(model) else None)
+        save_png(decomposition_figure(images[sl], out.recon[sl], out.log_masks[sl], out.components[sl], att, caption),
                  os.path.join(args.out, f"{stem}_decomposition.png"))
         for k in range(out.log_masks.shape[1]):
             save_png(out.log_masks[i, k].exp().expand(3, -1, -1), os.path.join(args.out, f"{stem}_mask_{k}.png"))

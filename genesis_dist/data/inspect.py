@@ -1,4 +1,5 @@
-"""Looking at a shard set: a manifest summary and a PNG grid of samples with masks overlaid.
+"""Looking at a shard set: a manifest summary and a PNG grid of samples with masks overlaid
+(drawn by `genesis_dist.figures`, as every figure is).
 
     python -m genesis_dist.data.inspect URL [--split S] [--count N] [--grid PNG]
 
@@ -10,26 +11,18 @@ folder, on sys.path.
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import sys
 from typing import Any
 
 import numpy as np
-from PIL import Image
+import torch
 
-from ..storage import StorageError, filesystem
+from ..figures import dataset_figure, save_png
+from ..storage import StorageError
 from .errors import DataError
 from .manifest import read_manifest, split_shards
 from .reader import decode_sample, read_shard
-
-# 20 well-separated colours; label 0 (background) stays uncoloured.
-PALETTE = np.array([
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-    (0, 0, 128), (128, 128, 128),
-], dtype=np.float32)
 
 
 def summarize(manifest: dict[str, Any], url: str) -> str:
@@ -50,43 +43,22 @@ def summarize(manifest: dict[str, Any], url: str) -> str:
     return "\n".join(lines)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """uint8 [H,W,3] image with mask labels > 0 tinted in palette colours."""
-    colours = PALETTE[(mask.astype(np.int64) - 1) % len(PALETTE)]
-    tinted = np.where(mask[..., None] > 0, (1 - alpha) * image + alpha * colours, image)
-    return tinted.astype(np.uint8)
-
-
 def sample_grid(url: str, split: str, count: int = 16, columns: int = 8,
-                storage_options: dict[str, Any] | None = None) -> Image.Image:
-    """The first `count` samples of `split`: rows of images, each followed (with masks) by its overlay row."""
+                storage_options: dict[str, Any] | None = None) -> np.ndarray:
+    """The first `count` samples of `split` as a figure (uint8 `[H, W, 3]`, see
+    `figures.dataset_figure`): rows of images, each followed (with masks) by the same
+    images with their ground-truth masks drawn over them."""
     manifest = read_manifest(url, storage_options)
     shards = split_shards(manifest, url, split)
     raws = itertools.chain.from_iterable(read_shard(u, storage_options, expected=c) for u, c in shards)
     samples = [decode_sample(raw, manifest["resolution"], manifest["has_mask"])
                for raw in itertools.islice(raws, count)]
-    size = manifest["resolution"]
-    rows_of = [samples[i: i + columns] for i in range(0, len(samples), columns)]
-    row_kinds = 2 if manifest["has_mask"] else 1
-    canvas = np.full((len(rows_of) * row_kinds * (size + 2), columns * (size + 2), 3), 255, dtype=np.uint8)
-    for r, row in enumerate(rows_of):
-        for c, sample in enumerate(row):
-            tiles = [sample["image"]] + ([overlay(sample["image"], sample["mask"])] if row_kinds == 2 else [])
-            for k, tile in enumerate(tiles):
-                top = (r * row_kinds + k) * (size + 2) + 1
-                canvas[top: top + size, c * (size + 2) + 1: c * (size + 2) + 1 + size] = tile
-    return Image.fromarray(canvas)
-
-
-def save_image(image: Image.Image, url: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Write `image` as PNG to a local path or fsspec URL."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    fs, path = filesystem(url, storage_options)
-    parent = fs._parent(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(path, buffer.getvalue())
+    if not samples:
+        raise DataError(f"{url}: split {split!r} has no samples to show")
+    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
+    labels = torch.from_numpy(np.stack([s["mask"] for s in samples]).astype(np.int64)) if manifest["has_mask"] else None
+    caption = f"{manifest['dataset']} · {split} · first {len(samples)} samples · {manifest['resolution']} px"
+    return dataset_figure(images, labels, columns, caption)
 
 
 def inspect_shards(url: str, split: str | None = None, count: int = 16, grid: str | None = None,
@@ -101,7 +73,7 @@ def inspect_shards(url: str, split: str | None = None, count: int = 16, grid: st
     if split is None:
         return lines + ["no samples to show"]
     grid = grid or f"{manifest['dataset']}_{split}_samples.png"
-    save_image(sample_grid(url, split, count, storage_options=storage_options), grid, storage_options)
+    save_png(sample_grid(url, split, count, storage_options=storage_options), grid, storage_options)
     return lines + [f"wrote {grid}"]
 
 

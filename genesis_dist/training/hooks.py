@@ -113,33 +113,42 @@ class RunLog(Hook):
 
 
 class Figures(Hook):
-    """Rank 0: decomposition and sample figures every `image_every` steps and at the end,
-    to TensorBoard and `{run}/figures/`."""
+    """Rank 0: decomposition and sample figures (`genesis_dist.figures`) every `image_every`
+    steps and at the end, to TensorBoard and `{run}/figures/`. The decomposition shows the
+    first 8 held-out images, captioned with their scores (against ground-truth `masks`
+    `[N, H, W]` when the data has them); models that cannot sample get no sample figure."""
 
     def __init__(self, run_url: str, image_every: int, total_steps: int, heldout: torch.Tensor, logger,
-                 storage_options: dict | None):
+                 storage_options: dict | None, masks: torch.Tensor | None = None):
         self.run_url, self.every, self.total = run_url, image_every, total_steps
         self.images, self.logger, self.storage_options = heldout[:8], logger, storage_options
+        self.masks = masks[:8] if masks is not None else None
 
     def after_step(self, state: TrainState, metrics: dict[str, float] | None) -> None:
         if state.step % self.every and state.step != self.total:
             return
-        from ..figures import decomposition_grid, generation_steps_figure, save_png
+        from ..figures import decomposition_figure, generation_figure, save_png, scores_caption
+        from ..models import is_generative
 
         model = state.module
+        generative = is_generative(model)
         with isolated_rng(self.images.device):
             was_training = model.training
             model.eval()
             with torch.no_grad():
                 out = model(self.images)
-                samples = model.sample(8)
+                samples = model.sample(len(self.images)) if generative else None
             model.train(was_training)
-        grid = decomposition_grid(self.images, out.recon, out.log_masks, out.components)
-        steps = generation_steps_figure(samples.components, samples.log_masks)
-        self.logger.image(state.step, "decomposition", grid)
-        self.logger.image(state.step, "samples", steps)
-        save_png(grid, join(self.run_url, "figures", f"decomposition_{state.step:08d}.png"), self.storage_options)
-        save_png(steps, join(self.run_url, "figures", f"samples_{state.step:08d}.png"), self.storage_options)
+        caption = scores_caption("held-out decomposition", state.step, out.log_masks, self.masks,
+                                 out.elbo if generative else None)
+        figures = {"decomposition": decomposition_figure(self.images, out.recon, out.log_masks, out.components,
+                                                         out.log_att_masks, caption)}
+        if samples is not None:
+            caption = scores_caption("prior samples, slots added one at a time", state.step)
+            figures["samples"] = generation_figure(samples.images, samples.components, samples.log_masks, caption)
+        for name, figure in figures.items():
+            self.logger.image(state.step, name, figure)
+            save_png(figure, join(self.run_url, "figures", f"{name}_{state.step:08d}.png"), self.storage_options)
 
 
 class Checkpoints(Hook):

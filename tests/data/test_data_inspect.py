@@ -8,6 +8,8 @@ import sysconfig
 import numpy as np
 from PIL import Image
 
+from genesis_dist.figures import PAD, ROW_LABEL_WIDTH, caption_height
+
 
 def test_python_m_inspect_summarises_and_writes_a_grid(mds_shards, tmp_path):
     grid = tmp_path / "grid.png"
@@ -17,7 +19,9 @@ def test_python_m_inspect_summarises_and_writes_a_grid(mds_shards, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"{mds_shards}: multi_dsprites" in result.stdout and f"wrote {grid}" in result.stdout
     assert "test: 50 samples in 2 shards" in result.stdout
-    assert np.asarray(Image.open(grid)).shape == (2 * 66, 8 * 66, 3)  # an image row and a mask-overlay row
+    # figures.dataset_figure: a caption line, an image row and a mask-overlay row of 4 cells (64 px → 128)
+    expected = (caption_height(1) + PAD + 2 * (128 + PAD), ROW_LABEL_WIDTH + PAD + 4 * (128 + PAD), 3)
+    assert np.asarray(Image.open(grid)).shape == expected
 
     missing = subprocess.run([sys.executable, "-m", "genesis_dist.data.inspect", str(tmp_path / "none")],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -15,6 +15,7 @@ from genesis_dist.data.inspect import sample_grid
 from genesis_dist.data.manifest import read_manifest, split_shards
 from genesis_dist.data.reader import decode_sample, read_shard
 from genesis_dist.data.tfrecord import iter_records, parse_example
+from genesis_dist.figures import PAD, ROW_LABEL_WIDTH, caption_height
 
 
 def all_samples(url: str, split: str) -> list[dict]:
@@ -153,6 +154,10 @@ def test_inspect_grid_shows_images_and_mask_overlays(raw_samples, tmp_path):
     out = str(tmp_path / "out")
     convert_dataset(APC(str(tmp_path / "training")), out, progress=False)
     grid = np.asarray(sample_grid(out, "train", count=2, columns=2))
-    assert grid.shape == (2 * 130, 2 * 130, 3)  # an image row and an overlay row
-    images, overlays = grid[1:129], grid[131:259]
-    assert (images != overlays).any() and (images[:, 131:259] == overlays[:, 131:259]).all()  # empty scene: no tint
+    # figures.dataset_figure: a caption line, an image row and an overlay row of two 128 px cells
+    top, left, cell = caption_height(1) + PAD, ROW_LABEL_WIDTH + PAD, 128 + PAD
+    assert grid.shape == (top + 2 * cell, left + 2 * cell, 3)
+    images, overlays = grid[top:top + 128, left:], grid[top + cell:top + cell + 128, left:]
+    greys = (images.astype(np.float32) @ np.float32([0.2989, 0.587, 0.114])).astype(np.uint8)  # ITU-R 601-2 luma
+    assert (overlays[:, :128] != greys[:, :128, None]).any()  # objects tinted
+    assert (overlays[:, cell:cell + 128] == greys[:, cell:cell + 128, None]).all()  # empty scene: grey, no tint
