@@ -294,7 +294,7 @@ class CheckpointEvaluator:
                               masks: torch.Tensor | None, generative: bool) -> None:
         from ..figures import decomposition_figure, save_png, scores_caption
 
-        n = FIGURE_IMAGES
+        n = min(FIGURE_IMAGES, images.shape[0])
         att = out.log_att_masks[:n] if out.log_att_masks is not None else None
         labels = masks[:n] if masks is not None else None
         caption = scores_caption("test-set decomposition", step, out.log_masks[:n], labels,
