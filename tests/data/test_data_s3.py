@@ -33,9 +33,10 @@ def s3_shards(s3_server):
 
 
 def read_epoch(url, options, world=2, workers=2):
-    """Keys per rank for one epoch, and the loaders."""
+    """Keys per rank for one epoch, and the loaders. Shuffle windows of one shard (20), so
+    each of the 4 readers' ranges (40) covers whole windows and every shard has one reader."""
     loaders = [make_loader(url, "train", 10, rank=r, world_size=world, num_workers=workers, seed=1,
-                           storage_options=options) for r in range(world)]
+                           shuffle_buffer=20, storage_options=options) for r in range(world)]
     return [[k for batch in loader for k in batch["key"]] for loader in loaders], loaders
 
 
