@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 GROUPS = ("model", "data", "experiment")
@@ -72,8 +72,9 @@ class OptimConfig:
     lr_reference_batch: int = 32  # the global batch `lr` was tuned for
     steps: int = 500_000
     grad_clip: Optional[float] = None  # max global gradient norm
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 autocast on GPUs, fp32 on CPUs) | fp32 | bf16 | fp16
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
+    compile: bool = False  # torch.compile the model (GPUs; compiling costs ~30 s on a CPU and did not pay there)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class DataConfig:
     url: str = "data/multi_dsprites"  # any fsspec URL: local path, s3://, gs://
     train_split: str = "train"
     eval_split: str = "test"
-    num_workers: int = 2  # DataLoader workers per training worker
+    num_workers: Optional[int] = None  # DataLoader workers per training worker; None: the node's cores per training worker, less one
     shuffle_buffer: int = 1000
     generate_if_missing: bool = False  # make a small Multi-dSprites set locally
     generate_train: int = 2000
@@ -92,9 +93,11 @@ class DataConfig:
 
 @dataclass
 class ScalingConfig:
-    num_workers: int = 1
+    num_workers: Any = 1  # training workers (one per GPU): N, or [MIN, MAX] for elastic training (see worker_range)
+    resize_interval_s: float = 60.0  # elastic: how often Ray Train looks for room to grow the worker group
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
+    sync_batchnorm: bool = True  # BatchNorm statistics over all workers' batches (GENESIS) when > 1 worker
 
 
 @dataclass
@@ -106,6 +109,7 @@ class RunConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 50
+    log_sample_keys: bool = False  # debug: each rank writes the sample keys of every step to {run}/sample_keys/
     image_every: int = 1000
     eval_images: int = 64
     max_failures: int = 2
@@ -164,7 +168,7 @@ CHOICES = {
     "model.name": ("genesis_v2", "genesis", "genesis_s", "monet", "slot_attention", "bd_vae", "dc_vae"),
     "model.kernel": ("gaussian", "laplacian", "epanechnikov"),
     "objective.name": ("geco", "elbo", "mse"),
-    "optim.precision": ("fp32", "bf16", "fp16"),
+    "optim.precision": ("auto", "fp32", "bf16", "fp16"),
     "optim.lr_scaling": ("none", "linear", "sqrt"),
 }
 SWEEP_CHOICES = {"mode": ("max", "min"), "scheduler": ("asha", "fifo")}
@@ -271,18 +275,45 @@ def validate_model(cfg: DictConfig) -> None:
         raise ConfigError(f"model.num_slots={cfg.model.num_slots}: must be ≥ 2")
 
 
+def worker_range(scaling: Any) -> tuple[int, int]:
+    """(min, max) training workers of a ScalingConfig: `num_workers: N` is (N, N), a fixed
+    world; `num_workers: [MIN, MAX]` trains elastically (Ray Train starts with as many as
+    the cluster fits, at least MIN, and grows towards MAX). Raises ConfigError."""
+    value = shown = scaling.num_workers
+    value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
+        raise ConfigError(f"scaling.num_workers={value!r}: expected a number of workers or [MIN, MAX]")
+    if isinstance(value, int):
+        value = [value, value]
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"scaling.num_workers={value!r}: expected a number of workers or [MIN, MAX]")
+    low, high = value
+    if not 1 <= low <= high:
+        raise ConfigError(f"scaling.num_workers={shown}: " + ("must be ≥ 1" if low == high else "need 1 ≤ MIN ≤ MAX"))
+    return low, high
+
+
 def validate(cfg: DictConfig) -> None:
     """Check enumerated choices and cross-field rules of a TrainConfig; raises ConfigError."""
     _check_choices(cfg)
     validate_model(cfg)
+    low, high = worker_range(cfg.scaling)
     global_batch = cfg.optim.global_batch_size
-    if global_batch is not None and global_batch % cfg.scaling.num_workers:
+    uneven = [w for w in range(low, high + 1) if global_batch is not None and global_batch % w]
+    if uneven:
         raise ConfigError(f"optim.global_batch_size={global_batch} must be divisible by "
-                          f"scaling.num_workers={cfg.scaling.num_workers}")
+                          f"scaling.num_workers={cfg.scaling.num_workers}"
+                          + (f" (every world size from {low} to {high}; {uneven[0]} does not divide it)"
+                             if low < high else ""))
+    if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
+        raise ConfigError("data.num_workers must be ≥ 0 (or null: the node's cores per training worker)")
+    if cfg.run.log_sample_keys and "://" in cfg.run.storage_path and not cfg.run.storage_path.startswith("file://"):
+        raise ConfigError(f"run.log_sample_keys=true writes local files; run.storage_path={cfg.run.storage_path} "
+                          "is not a local folder")
     for key in ("optim.batch_size", "optim.lr_reference_batch"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"{key} must be ≥ 1")
-    for key in ("optim.lr", "optim.steps", "scaling.num_workers", "run.checkpoint_every", "run.log_every"):
+    for key in ("optim.lr", "optim.steps", "run.checkpoint_every", "run.log_every"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0")
     # Slot Attention has no likelihood or KL for GECO / the ELBO; the others have no MSE objective.

@@ -187,7 +187,8 @@ class Checkpoints(Hook):
             if self.rank == 0:
                 train_state = state.state_dict()
                 meta = {"step": step, "best_score": self.best, "metrics": metrics, "eval": eval_scores,
-                        "data_skipped": self._skipped(), "config": without_secrets(OmegaConf.to_container(self.cfg))}
+                        "data_skipped": self._skipped(), "data_position": self._position(),
+                        "config": without_secrets(OmegaConf.to_container(self.cfg))}
                 save_checkpoint(folder, train_state, meta)
                 if improved:
                     save_best(self.run_url, train_state, meta, self.storage_options)
@@ -200,6 +201,12 @@ class Checkpoints(Hook):
             }
             torch.save(worker_state, os.path.join(folder, worker_file(self.rank)))
             self.publish(folder, {**(metrics or {}), **{f"eval_{k}": v for k, v in eval_scores.items()}}, step)
+
+    def _position(self) -> dict[str, int] | None:
+        """{"epoch", "trained": samples of it trained on by all ranks} (every rank's exact
+        reading position is in its worker file: what an elastic restart resumes from)."""
+        position = getattr(self.loader, "epoch_position", None)
+        return dict(position(), world_size=self.loader.layout.world_size) if position else None
 
     def _skipped(self) -> int:
         """Corrupt samples and shards this rank's stream skipped so far (since it started)."""

@@ -205,7 +205,9 @@ class TrainState:
 
     @property
     def module(self) -> nn.Module:
-        return getattr(self.model, "module", self.model)
+        """The bare model under DDP (`.module`) and torch.compile (`._orig_mod`)."""
+        model = getattr(self.model, "module", self.model)
+        return getattr(model, "_orig_mod", model)
 
     def state_dict(self) -> dict[str, Any]:
         """Model, optimiser, schedule, objective and scaler state (weights_only-safe)."""

@@ -5,6 +5,7 @@ inside Ray Train; tests and benchmarks run it directly."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Iterator
 
 import torch
@@ -14,8 +15,17 @@ from ..config import effective_lr, per_worker_batch
 from ..models import build_model
 from .checkpoint import load_checkpoint, set_rng_state
 from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publish, RunLog, worker_file
+from .sync_batchnorm import sync_batchnorm
 from .loop import (Hook, TrainState, fit, make_grad_scaler, make_objective, make_optimizer, seed_everything,
                    set_base_lr, use_channels_last)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 autocast on CUDA (tensor cores), fp32 elsewhere (bf16 made a CPU step
+    3.5× slower here)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def build_state(cfg: DictConfig, device: torch.device, world: int = 1) -> TrainState:
@@ -28,7 +38,19 @@ def build_state(cfg: DictConfig, device: torch.device, world: int = 1) -> TrainS
         use_channels_last(model)
     optimizer, schedule = make_optimizer(model.parameters(), cfg.optim, effective_lr(cfg.optim, world))
     objective = make_objective(cfg.objective, cfg.model.img_size).to(device)
-    return TrainState(model, objective, optimizer, schedule, make_grad_scaler(device, cfg.optim.precision))
+    return TrainState(model, objective, optimizer, schedule,
+                      make_grad_scaler(device, resolve_precision(cfg.optim.precision, device)))
+
+
+def loader_workers(setting: int | None, local_world: int | None = None) -> int:
+    """DataLoader worker processes per training worker: `data.num_workers`, or for None
+    (auto) the node's cores shared by the training workers on it (`LOCAL_WORLD_SIZE`, set
+    by Ray Train: one per GPU) less one for the training process itself, at least 1."""
+    if setting is not None:
+        return int(setting)
+    local_world = local_world or int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_world) - 1)
 
 
 def make_train_loader(cfg: DictConfig, rank: int, world: int):
@@ -37,7 +59,7 @@ def make_train_loader(cfg: DictConfig, rank: int, world: int):
 
     return make_loader(
         cfg.data.url, cfg.data.train_split, per_worker_batch(cfg.optim, world), rank=rank, world_size=world,
-        num_workers=cfg.data.num_workers, seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+        num_workers=loader_workers(cfg.data.num_workers), seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
         storage_options=dict(cfg.data.storage_options),
     )
 
@@ -63,21 +85,45 @@ def heldout_batch(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, 
 
 
 def restore(state: TrainState, loader, folder: str, rank: int, seed: int) -> float | None:
-    """Load a checkpoint folder into `state` and the rank's data position and RNG;
+    """Load a checkpoint folder into `state`, the data position and the rank's RNG;
     returns the run's best held-out score so far. The learning rate stays the one
-    `state` was built with (scaled for this world size)."""
+    `state` was built with (scaled for this world size).
+
+    The data position comes from every rank's `worker_<r>.pt` of the checkpoint: with the
+    same world size each rank continues exactly where it was; with another (an elastic
+    resize) the rest of the epoch, what no rank had read, is laid out over the new ranks
+    (`ShardLoader.resume`). The RNG is restored only where this rank saved one under the
+    same world size; otherwise it is reseeded from (seed, rank, step)."""
     saved, meta = load_checkpoint(folder)
     lr = state.schedule.base_lrs[0]
     state.load_state_dict(saved, int(meta["step"]))
     set_base_lr(state.optimizer, state.schedule, lr)
-    worker_path = os.path.join(folder, worker_file(rank))
-    if os.path.exists(worker_path):
-        worker_state = torch.load(worker_path, weights_only=True)
-        set_rng_state(worker_state["rng"])
-        loader.load_state_dict(worker_state["data"])
-    else:  # the world size changed: positions can't be carried over
+    workers = saved_worker_states(folder)
+    if workers:
+        loader.resume([w["data"] for w in workers.values()])
+    same_world = rank in workers and workers[rank]["data"].get("world_size", len(workers)) == loader.layout.world_size
+    if same_world:
+        set_rng_state(workers[rank]["rng"])
+    else:
         torch.manual_seed(seed + 7919 * (rank + 1) + state.step)
     return meta.get("best_score")
+
+
+def saved_worker_states(folder: str) -> dict[int, dict[str, Any]]:
+    """{rank: worker state} of the ranks that wrote the checkpoint folder: worker_0 … worker_{W-1}
+    with W the world size worker_0 records. A folder written again after a restart from an
+    earlier checkpoint (Ray names it by step) can also hold files a larger, earlier world's
+    ranks left there: those are not read."""
+    def load(rank: int) -> dict[str, Any]:
+        return torch.load(os.path.join(folder, worker_file(rank)), weights_only=True)
+
+    if not os.path.exists(os.path.join(folder, worker_file(0))):
+        return {}
+    first = load(0)
+    if "world_size" not in first["data"]:  # saved before elastic training: every file there
+        ranks = sorted(int(n[len("worker_"):-len(".pt")]) for n in os.listdir(folder) if re.fullmatch(r"worker_\d+\.pt", n))
+        return {r: load(r) for r in ranks}
+    return {0: first, **{r: load(r) for r in range(1, int(first["data"]["world_size"]))}}
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -130,10 +176,19 @@ def train_rank(cfg: DictConfig, run_url: str, rank: int, world: int, device: tor
             print_line(f"[genesis-dist] resumed from step {state.step}")
     else:
         seed_rank(cfg.run.seed, rank)
+    if world > 1 and cfg.scaling.sync_batchnorm:
+        state.model = sync_batchnorm(state.model, device)
+    if cfg.optim.compile:
+        state.model = torch.compile(state.model)
     if wrap_model is not None:
         state.model = wrap_model(state.model)
     hooks = standard_hooks(cfg, run_url, rank, world, device, loader, publish, state.step, best, print_line)
-    return fit(state, images_of(loader.forever()), cfg.optim.steps, hooks, precision=cfg.optim.precision,
+    batches = loader.forever()
+    if cfg.run.log_sample_keys:
+        from .sample_log import logged_batches
+
+        batches = logged_batches(batches, loader, run_url.removeprefix("file://"), rank, world, state.step)
+    return fit(state, images_of(batches), cfg.optim.steps, hooks, precision=resolve_precision(cfg.optim.precision, device),
                grad_clip=cfg.optim.grad_clip, channels_last=cfg.optim.channels_last, world_size=world)
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..storage import Secret, aws_environment, join, ray_storage, redacted
+from ..config import worker_range
+from ..storage import Secret, StorageError, aws_environment, filesystem, join, ray_storage, redacted, storage_errors
 from .hooks import checkpoint_name
 from .run import train_rank
 
@@ -30,7 +31,15 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
 
     def publish(folder: str, metrics: dict[str, Any], step: int) -> None:
-        ray.train.report({**metrics, "timesteps_total": step}, checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=checkpoint_name(step))
+        ray.train.report({**metrics, "timesteps_total": step}, checkpoint=Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=checkpoint_name(step),
+                         checkpoint_upload_fn=lambda local, name: upload_checkpoint(local.path, config["run_url"], name,
+                                                                                   dict(cfg.data.storage_options)))
+
+    def upload_checkpoint(folder: str, run_url: str, name: str, storage_options: dict | None):
+        upload_folder(folder, join(run_url, name), storage_options)
+        storage = ray.train.get_context().get_storage()
+        return Checkpoint(path=f"{storage.experiment_fs_path}/{name}", filesystem=storage.storage_filesystem)
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -47,6 +56,28 @@ def train_worker(config: dict[str, Any]) -> None:
         train_rank(**args, checkpoint_folder=folder)
 
 
+def upload_folder(folder: str, url: str, storage_options: dict | None) -> None:
+    """Copy the files of the local `folder` (a rank's checkpoint) into `url` and check every
+    file arrived at its size; raises StorageError when the upload failed.
+
+    The Ray worker uploads checkpoints with this instead of Ray's default (pyarrow's
+    copy_files over the fsspec filesystem), which reports success when closing an S3 object
+    failed: the checkpoint would be registered as the latest while its files are missing
+    (found by tests/test_faults.py)."""
+    import os
+
+    fs, path = filesystem(url, storage_options)
+    local_sizes = {f: os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)}
+    with storage_errors(url):
+        fs.makedirs(path, exist_ok=True)
+        for file in local_sizes:
+            fs.put_file(os.path.join(folder, file), f"{path}/{file}")
+        fs.invalidate_cache(path)
+        uploaded = {f: fs.size(f"{path}/{f}") for f in local_sizes if fs.exists(f"{path}/{f}")}
+    if uploaded != local_sizes:
+        raise StorageError(f"{url}: the checkpoint upload is incomplete ({uploaded} of {local_sizes} bytes)")
+
+
 def build_trainer(cfg: DictConfig, callbacks: list | None = None):
     """A TorchTrainer for `cfg` (Ray must be initialised); `callbacks` are Ray Train
     callbacks (a sweep passes Tune's report callback)."""
@@ -54,6 +85,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    workers = worker_range(cfg.scaling)  # (min, max): elastic when they differ (README, "Elastic training")
     use_gpu = cfg.scaling.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -68,7 +100,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None):
         train_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
+            num_workers=workers if workers[0] < workers[1] else workers[0],
+            elastic_resize_monitor_interval_s=cfg.scaling.resize_interval_s,
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
         ),
