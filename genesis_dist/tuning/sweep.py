@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import worker_range
 from ..storage import join, ray_storage
 from .space import Dimension, apply_params
 
@@ -66,9 +67,10 @@ def default_concurrency(base: DictConfig, driver_cpus: float) -> int:
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     use_gpu = base.scaling.use_gpu if base.scaling.use_gpu is not None else gpus > 0
+    workers = worker_range(base.scaling)[1]  # an elastic trial may grow to its maximum
     if use_gpu:
-        return max(1, int(gpus // base.scaling.num_workers))
-    per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + driver_cpus
+        return max(1, int(gpus // workers))
+    per_trial = workers * base.scaling.cpus_per_worker + driver_cpus
     return max(1, int(resources.get("CPU", 1) // per_trial))
 
 
