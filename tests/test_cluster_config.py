@@ -1,5 +1,15 @@
-"""cluster/aws.yaml validates against Ray's own cluster-config schema, offline."""
+"""cluster/aws.yaml validates against Ray's own cluster-config schema, offline; its GPU
+worker types; cluster/spot_watcher.py drains a real Ray node as a preemption when an
+IMDSv2 stand-in on loopback announces a spot interruption, or on SIGTERM."""
+import datetime as dt
+import http.server
+import importlib.util
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import jsonschema
@@ -46,3 +56,149 @@ def test_setup_installs_this_package(cluster):
     assert any("pip install" in c and "genesis-dist" in c for c in cluster["setup_commands"])
     gpu_workers = [t for t in cluster["available_node_types"].values() if t.get("max_workers", 0) > 0]
     assert gpu_workers and gpu_workers[0]["min_workers"] == 0
+
+
+def test_gpu_worker_types_single_and_eight_gpus_all_spot_and_watched(cluster):
+    workers = {name: t for name, t in cluster["available_node_types"].items() if name != cluster["head_node_type"]}
+    types = {t["node_config"]["InstanceType"] for t in workers.values()}
+    assert "g5.2xlarge" in types and "p4d.24xlarge" in types  # 1 × A10G and 8 × A100 nodes
+    assert all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in workers.values())
+    watcher = [c for c in cluster["worker_start_ray_commands"] if "spot_watcher.py" in c]
+    assert len(watcher) == 1 and "--address=$RAY_HEAD_IP:6379" in watcher[0] and "--pidfile" in watcher[0]
+    assert watcher[0].rstrip().endswith("&")  # runs beside the node, does not block `ray up`
+    script = watcher[0].split("genesis-dist/", 1)[1].split()[0]
+    assert (ROOT / script).is_file()  # the path the nodes run exists in the repository
+
+
+# --- the spot watcher against an IMDSv2 stand-in and a real Ray node -------------------------
+
+def _watcher_module():
+    spec = importlib.util.spec_from_file_location("spot_watcher", ROOT / "cluster" / "spot_watcher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class InstanceMetadata(http.server.ThreadingHTTPServer):
+    """An HTTP server on loopback that answers the IMDSv2 requests the watcher makes, as
+    AWS documents them: PUT /latest/api/token (with a TTL header) gives a session token;
+    GET /latest/meta-data/... needs it (401 without or with an expired one); the spot
+    instance-action document is 404 until an interruption is scheduled."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _MetadataHandler)
+        self.tokens: set[str] = set()
+        self.notice: dict | None = None
+        self.local_ipv4 = "127.0.0.1"
+        self.requests: list[tuple[str, str, int]] = []
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def expire_tokens(self) -> None:
+        self.tokens.clear()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _MetadataHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, code: int, body: str = "") -> None:
+        self.server.requests.append((self.command, self.path, code))
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self):
+        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+        if self.path != "/latest/api/token" or not ttl or not 1 <= int(ttl) <= 21600:
+            return self._reply(400)
+        token = f"token-{len(self.server.tokens)}-{time.monotonic_ns()}"
+        self.server.tokens.add(token)
+        self._reply(200, token)
+
+    def do_GET(self):
+        if self.headers.get("X-aws-ec2-metadata-token") not in self.server.tokens:
+            return self._reply(401)
+        if self.path == "/latest/meta-data/local-ipv4":
+            return self._reply(200, self.server.local_ipv4)
+        if self.path == "/latest/meta-data/spot/instance-action":
+            notice = self.server.notice
+            return self._reply(200, json.dumps(notice)) if notice else self._reply(404)
+        self._reply(404)
+
+
+@pytest.fixture
+def metadata():
+    server = InstanceMetadata()
+    yield server
+    server.close()
+
+
+def test_watcher_reads_the_interruption_notice_with_a_session_token(metadata):
+    watcher = _watcher_module()
+    client = watcher.Metadata(metadata.url)
+    assert client.interruption() is None
+    metadata.notice = {"action": "terminate", "time": "2026-01-01T12:02:00Z"}
+    assert client.interruption() == {"action": "terminate", "time": "2026-01-01T12:02:00Z"}
+    metadata.expire_tokens()  # tokens run out: the watcher asks for a new one once
+    assert client.interruption()["action"] == "terminate"
+    puts = [r for r in metadata.requests if r[0] == "PUT"]
+    assert len(puts) == 2 and (("GET", "/latest/meta-data/spot/instance-action", 401) in metadata.requests)
+    noon = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp()
+    assert watcher.seconds_until("2026-01-01T12:02:00Z", now=noon) == 120
+    assert watcher.seconds_until("2026-01-01T11:59:00Z", now=noon) == 0
+
+
+def _start_watcher(cluster_address, metadata_url, node_id=None, log=None):
+    command = [sys.executable, str(ROOT / "cluster" / "spot_watcher.py"), "--address", cluster_address,
+               "--imds", metadata_url, "--poll", "0.2"] + (["--node-id", node_id] if node_id else [])
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.timeout(240)
+def test_watcher_drains_its_ray_node_as_a_preemption_on_notice_and_on_sigterm(metadata):
+    pytest.importorskip("ray")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from ray_multinode import LocalCluster
+
+    with LocalCluster() as cluster:
+        noticed, terminated = cluster.add_node(), cluster.add_node()
+        # The three nodes share this machine's IP: looking the node up by IP is refused in one line.
+        metadata.local_ipv4 = noticed.node_ip_address
+        lookup = _start_watcher(cluster.address, metadata.url)
+        out, _ = lookup.communicate(timeout=60)
+        assert lookup.returncode == 2, out
+        assert out.strip().splitlines()[-1].startswith(f"spot_watcher: error: 3 alive Ray nodes at {noticed.node_ip_address}")
+
+        first = _start_watcher(cluster.address, metadata.url, noticed.node_id)
+        second = _start_watcher(cluster.address, metadata.url, terminated.node_id)
+        time.sleep(3)
+        assert first.poll() is None and cluster.node_state(noticed.node_id)[0] == "ALIVE"  # no notice yet
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
+        metadata.notice = {"action": "terminate", "time": when}
+        out, _ = first.communicate(timeout=60)
+        assert first.returncode == 0, out
+        assert f"drained node {noticed.node_id} as a preemption: spot interruption: terminate at {when}" in out
+        assert cluster.wait_dead(noticed.node_id) == "AUTOSCALER_DRAIN_PREEMPTED"
+
+        # The second watcher saw the same notice: it drained its node too. A fresh one on SIGTERM:
+        second.communicate(timeout=60)
+        assert cluster.wait_dead(terminated.node_id) == "AUTOSCALER_DRAIN_PREEMPTED"
+        metadata.notice = None
+        spare = cluster.add_node()
+        third = _start_watcher(cluster.address, metadata.url, spare.node_id)
+        time.sleep(3)
+        third.send_signal(signal.SIGTERM)
+        out, _ = third.communicate(timeout=60)
+        assert third.returncode == 0 and "SIGTERM (instance shutting down)" in out, out
+        assert cluster.wait_dead(spare.node_id) == "AUTOSCALER_DRAIN_PREEMPTED"
