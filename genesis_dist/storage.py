@@ -26,6 +26,7 @@ import json
 import os
 import uuid
 from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, Iterator
 
 import fsspec
@@ -86,7 +87,7 @@ def resolved_options(url: str, storage_options: dict[str, Any] | None) -> dict[s
     """`storage_options` plus, for s3://, the endpoint from the environment and the retry
     defaults (botocore standard mode, DEFAULT_S3_ATTEMPTS tries) where neither the options
     nor the AWS_* variables set them."""
-    options = json.loads(json.dumps(storage_options or {}))  # deep copy, JSON-able
+    options = _plain(storage_options or {})  # a deep copy of plain dicts (a config's nested mappings too)
     if protocol_of(url) == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         client_kwargs = options.setdefault("client_kwargs", {})
@@ -98,6 +99,15 @@ def resolved_options(url: str, storage_options: dict[str, Any] | None) -> dict[s
         if not {"max_attempts", "total_max_attempts"} & set(retries) and not os.environ.get("AWS_MAX_ATTEMPTS"):
             retries["total_max_attempts"] = DEFAULT_S3_ATTEMPTS
     return options
+
+
+def _plain(value: Any) -> Any:
+    """Nested mappings and sequences (e.g. OmegaConf containers) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (isinstance(value, Sequence) and not isinstance(value, (str, bytes))):
+        return [_plain(v) for v in value]
+    return value
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -142,7 +152,7 @@ def storage_errors(url: str) -> Iterator[None]:
     except StorageError:
         raise
     except (OSError, BotoCoreError, ClientError) as error:
-        kind = classify(error) or "failed"
+        kind = next((k for k in map(classify, root_errors(error)) if k is not None), "failed")
         hint = f"; {CREDENTIALS_HINT}" if kind == "no_credentials" else ""
         raise StorageError(f"{url}: {KIND_TEXT[kind]} ({type(error).__name__}: {_one_line(error)}){hint}",
                            kind) from None

@@ -64,7 +64,7 @@ def _report_failure(err: BaseException, cfg: DictConfig | None) -> int:
     """Print one line for a failed command and return its exit status (module docstring)."""
     status, line = describe_failure(err)
     training_failed = type(err).__name__ in ("TrainingFailedError", "WorkerGroupError", "ControllerError")
-    if training_failed and status == 1 and cfg is not None:
+    if training_failed and cfg is not None:
         attempts = cfg.run.max_failures + 1
         line = (f"the run failed after {attempts} attempt{'s' * (attempts > 1)}: {line}; its checkpoints are in "
                 f"{join(cfg.run.storage_path, cfg.run.name)} (the same command resumes from the latest)")

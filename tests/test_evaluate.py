@@ -34,8 +34,13 @@ STEPS = (2, 4, 6)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+def ray_cluster(s3_server):
+    # The loopback S3 server's credentials reach the cluster's processes the standard local
+    # way, from the environment the cluster starts in: runtime environments carry no secrets.
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_server.env.items():
+            patch.setenv(key, value)
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -138,7 +143,9 @@ def test_watch_follows_the_run_and_skips_a_corrupt_checkpoint(trained_run, torch
     held_back = tmp_path / "held_back"
     shutil.move(run / "checkpoint_00000004", held_back)
     shutil.rmtree(run / "checkpoint_00000006")
-    shutil.rmtree(run / "best")  # best/ counts as a checkpoint too: here it would be step 6
+    (run / "best.json").unlink()  # the best checkpoint counts too: here it would be step 6
+    for best in run.glob("best-*"):
+        shutil.rmtree(best)
     lines: list[str] = []
     cfg = load_eval_config(["run=" + str(run), "watch=true"] + eval_overrides(tmp_path, "actors=1"))
     result: dict[str, int] = {}
