@@ -30,6 +30,8 @@ TRAIN_EXPECTED = {
         ("genesis", 64, 9, 0.5655, 1_000_000, "genesis-shapestacks"),
     "data=objects_room data.url=s3://YOUR-BUCKET/objects_room run.storage_path=s3://YOUR-BUCKET/runs "
     "scaling.num_workers=8": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
+    "data=objects_room data.url=s3://YOUR-BUCKET/objects_room run.storage_path=s3://YOUR-BUCKET/runs "
+    "scaling.num_workers=[4,8] data.num_workers=null": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
     "--config runs/tune-geco_kernels-genesis_v2-multi_dsprites-demo/best.yaml optim.steps=4000":
         ("genesis_v2", 32, 5, 0.5705, 4000, "1a2b3_00004"),
 }
