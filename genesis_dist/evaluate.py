@@ -38,7 +38,7 @@ from .config import ConfigError, load_eval_config
 from .evaluation.discovery import CHECKPOINT_NAME, CheckpointInfo, CheckpointScanner, missed_steps, run_exists, run_finished
 from .evaluation.lease import EvalLease, LeaseBusy, LeaseLost
 from .evaluation.report import EvalReport
-from .storage import describe_failure, filesystem
+from .storage import describe_failure, filesystem, warn_secrets_on_command_line
 
 LEASE_BUSY_STATUS = 8
 
@@ -271,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return compare_main(argv[1:])
     try:
-        cfg = load_eval_config(_parse(argv))
+        overrides = _parse(argv)
+        warn_secrets_on_command_line("genesis_dist.evaluate", overrides)
+        cfg = load_eval_config(overrides)
         _check(cfg)
         return Evaluation(cfg, log=lambda line: print(line, flush=True)).run()
     except (ConfigError, EvaluationError) as err:

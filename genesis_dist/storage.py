@@ -330,6 +330,23 @@ def has_secrets(config: Any, options: bool = False) -> bool:
     return without_secrets(config, options) != config
 
 
+def secrets_on_command_line(overrides: list[str]) -> list[str]:
+    """The keys of `key=value` overrides that put a secret into some storage_options: a
+    command line is visible to every user of the machine (`ps`) and in Ray's job list (the
+    job's entrypoint), so the commands warn about them."""
+    keys = [item.split("=", 1)[0].lstrip("+~") for item in overrides if "=" in item]
+    return [k for k in keys if OPTIONS_KEY in k.split(".")[:-1] and k.split(".")[-1].lower() in SECRET_OPTION_KEYS]
+
+
+def warn_secrets_on_command_line(command: str, overrides: list[str]) -> None:
+    """Print one warning line per secret given on the command line (see secrets_on_command_line)."""
+    import sys
+
+    for key in secrets_on_command_line(overrides):
+        print(f"{command}: warning: {key} on the command line is visible to other users (ps) and in Ray's job list; "
+              "give credentials through the standard AWS chain or a --config file", file=sys.stderr, flush=True)
+
+
 class Secret:
     """A value that travels to other processes (pickled) but never shows: its repr and str
     are REDACTED, so Ray's dashboard and state API, which render a train loop config

@@ -40,7 +40,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, load_config
-from .storage import aws_environment, describe_failure, join, redacted
+from .storage import aws_environment, describe_failure, join, redacted, warn_secrets_on_command_line
 from .training.run_folder import only_generate_where_configured, prepare_run, with_absolute_paths
 from .training.worker import build_trainer
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = None
         overrides, config_file, print_only = _parse_args(argv)
+        warn_secrets_on_command_line("genesis_dist.train", overrides)
         cfg = with_absolute_paths(load_config(overrides, base_file=config_file))
         print(OmegaConf.to_yaml(redacted(OmegaConf.to_container(cfg))), flush=True)
         if print_only:

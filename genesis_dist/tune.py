@@ -29,7 +29,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, differing_keys, load_config
-from .storage import aws_environment, describe_failure, filesystem, join, without_secrets
+from .storage import aws_environment, describe_failure, filesystem, join, warn_secrets_on_command_line, without_secrets
 
 DEFAULT_SPACE = "geco_kernels"
 SWEEP_FILE = "sweep.yaml"
@@ -59,6 +59,7 @@ def plan(argv: list[str]):
     from .tuning.space import check_metric, load_space_file, merge_sweep, resolve_space
 
     space_name, sweep_overrides, train_overrides = _parse(argv)
+    warn_secrets_on_command_line("genesis_dist.tune", train_overrides)
     base = only_generate_where_configured(with_absolute_paths(load_config(train_overrides)), train_overrides)
     sweep, raw_space = load_space_file(space_name)
     sweep = merge_sweep(sweep, sweep_overrides, "override")

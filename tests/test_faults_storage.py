@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,11 @@ from genesis_dist.config import load_config
 from genesis_dist.evaluation.lease import EvalLease, LeaseBusy, LeaseLost
 from genesis_dist.storage import (EXIT_STATUS, StorageError, aws_environment, create_exclusive, describe_failure,
                                   redacted, storage_errors, without_secrets)
-from genesis_dist.training.checkpoint import (BEST_POINTER, CheckpointError, best_checkpoint_url, load_checkpoint,
-                                              read_best_pointer, resolve_checkpoint, save_best)
+from genesis_dist.training.checkpoint import (CheckpointError, best_checkpoint_url, latest_complete_checkpoint,
+                                              load_checkpoint, read_best_pointer, resolve_checkpoint, save_best,
+                                              save_checkpoint)
 from genesis_dist.training.run_folder import only_generate_where_configured
 
-REPO = Path(__file__).resolve().parent.parent
 NO_AWS = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 
 
@@ -108,6 +107,20 @@ def test_a_failed_upload_of_best_on_s3_leaves_the_previous_best_loadable(s3_serv
         proxy.clear()
         assert read_best_pointer(run, options)["step"] == 2
         assert load_checkpoint(best_checkpoint_url(run, options), options)[1]["step"] == 2
+
+
+def test_the_newest_complete_checkpoint_is_found_and_partial_ones_are_skipped(tmp_path):
+    run = tmp_path / "run"
+    for step in (2, 4, 6, 8):
+        folder = str(run / f"checkpoint_{step:08d}")
+        save_checkpoint(folder, _state(step), {**_meta(step), "data_position": {"world_size": 2}})
+        for rank in (0, 1):
+            torch.save({"rank": rank}, f"{folder}/worker_{rank}.pt")
+    (run / "checkpoint_00000008" / "worker_1.pt").unlink()  # rank 1's upload never arrived
+    state = run / "checkpoint_00000006" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-1])  # cut short
+    (run / "checkpoint_00000010").mkdir()  # still uploading: no meta.json yet
+    assert latest_complete_checkpoint(str(run)) == (4, str(run / "checkpoint_00000004"))
 
 
 # --- the evaluation lease ------------------------------------------------------------------
@@ -203,6 +216,7 @@ def test_secrets_in_storage_options_are_redacted_in_prints_and_dropped_from_file
                              timeout=120)
     assert printed.returncode == 0 and marker not in printed.stdout + printed.stderr
     assert "secret: <redacted>" in printed.stdout
+    assert "data.storage_options.secret on the command line is visible" in printed.stderr  # a warning, naming no value
 
 
 # --- one-line failures and exit statuses ---------------------------------------------------

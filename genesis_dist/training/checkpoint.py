@@ -166,3 +166,29 @@ def resolve_checkpoint(url: str, storage_options: dict | None = None) -> str:
     run_url = url.rstrip("/").rsplit("/", 1)[0]
     pointer = read_best_pointer(run_url, storage_options)
     return join(run_url, pointer["folder"]) if pointer is not None else url
+
+
+CHECKPOINT_FOLDER = "checkpoint_"  # + the 8-digit step: the folders a run's workers publish
+
+
+def latest_complete_checkpoint(run_url: str, storage_options: dict | None = None) -> tuple[int, str] | None:
+    """(step, URL) of the newest `checkpoint_<step>` folder of a run that is complete: its
+    meta.json readable, state.pt of the size meta.json records, and the `worker_<r>.pt` of
+    every rank of the world that wrote it (meta.json's `data_position.world_size`). None
+    when there is none. This is what a re-run resumes from when Ray's own record of the
+    run's checkpoints lags behind the folder (a driver killed before Ray saved it)."""
+    names = [n for n in list_names(run_url, storage_options)
+             if n.startswith(CHECKPOINT_FOLDER) and n[len(CHECKPOINT_FOLDER):].isdigit()]
+    for name in sorted(names, key=lambda n: int(n[len(CHECKPOINT_FOLDER):]), reverse=True):
+        url = join(run_url, name)
+        fs, path = filesystem(url, storage_options)
+        try:
+            meta = json.loads(fs.cat_file(f"{path}/{META_FILE}"))
+            world = int((meta.get("data_position") or {}).get("world_size") or 1)
+            complete = fs.size(f"{path}/{STATE_FILE}") == meta.get("bytes") and all(
+                fs.exists(f"{path}/worker_{rank}.pt") for rank in range(world))
+        except (FileNotFoundError, ValueError, TypeError):
+            complete = False
+        if complete:
+            return int(meta["step"]), url
+    return None

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import worker_range
 from ..storage import Secret, StorageError, aws_environment, filesystem, join, ray_storage, redacted, storage_errors
+from .checkpoint import META_FILE, latest_complete_checkpoint
 from .hooks import checkpoint_name
 from .run import train_rank
 
@@ -48,12 +49,38 @@ def train_worker(config: dict[str, Any]) -> None:
     args = dict(cfg=cfg, run_url=config["run_url"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
                 device=ray.train.torch.get_device(), publish=publish, wrap_model=ray.train.torch.prepare_model,
                 print_line=log)
-    if checkpoint is None:
+    newer = newer_than_ray(checkpoint, config["run_url"], dict(cfg.data.storage_options), ctx.get_world_rank())
+    if checkpoint is None and newer is None:
         train_rank(**args)
         return
     with tempfile.TemporaryDirectory(prefix="genesis-resume-") as folder:
-        checkpoint.to_directory(folder)  # a copy: Ray may delete old checkpoints while this rank trains
+        # A copy: Ray may delete old checkpoints while this rank trains.
+        if newer is not None:
+            fs, path = filesystem(newer, dict(cfg.data.storage_options))
+            fs.get(path.rstrip("/") + "/", folder.rstrip("/") + "/", recursive=True)
+            if ctx.get_world_rank() == 0:
+                log(f"[genesis-dist] {newer} is newer than the last checkpoint Ray recorded "
+                    f"({checkpoint.path.rstrip('/').rsplit('/', 1)[-1] if checkpoint else 'none'}): resuming from it")
+        else:
+            checkpoint.to_directory(folder)
         train_rank(**args, checkpoint_folder=folder)
+
+
+def newer_than_ray(checkpoint, run_url: str, storage_options: dict | None, rank: int) -> str | None:
+    """The run folder's newest complete checkpoint when it is newer than `checkpoint` (the
+    one Ray recorded; None: none), else None. Ray records a checkpoint some time after it
+    was uploaded; a driver killed in between would otherwise make the re-run start over.
+    Rank 0 decides and every rank follows (the folder is read once)."""
+    import torch.distributed as dist
+
+    choice = [None]
+    if rank == 0:
+        found = latest_complete_checkpoint(run_url, storage_options)
+        recorded = -1 if checkpoint is None else int(checkpoint.path.rstrip("/").rsplit("_", 1)[-1])
+        choice = [found[1] if found is not None and found[0] > recorded else None]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0]
 
 
 def upload_folder(folder: str, url: str, storage_options: dict | None) -> None:
@@ -70,7 +97,7 @@ def upload_folder(folder: str, url: str, storage_options: dict | None) -> None:
     local_sizes = {f: os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)}
     with storage_errors(url):
         fs.makedirs(path, exist_ok=True)
-        for file in local_sizes:
+        for file in sorted(local_sizes, key=lambda f: f == META_FILE):  # meta.json, which marks it complete, last
             fs.put_file(os.path.join(folder, file), f"{path}/{file}")
         fs.invalidate_cache(path)
         uploaded = {f: fs.size(f"{path}/{f}") for f in local_sizes if fs.exists(f"{path}/{f}")}
