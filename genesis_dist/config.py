@@ -194,6 +194,7 @@ MAY_CHANGE_ON_RESUME = (
     "run.eval_images",
     "run.max_failures",
     "run.kill_at_step",
+    "run.log_sample_keys",
 )
 
 

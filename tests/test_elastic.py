@@ -182,6 +182,7 @@ def test_incomplete_saved_positions_are_refused(shards):
 def test_restore_reads_the_worker_files_of_the_world_that_wrote_the_checkpoint(tmp_path):
     import torch
 
+    from genesis_dist.training.checkpoint import CheckpointError
     from genesis_dist.training.run import saved_worker_states
 
     # checkpoint_<step> written by 2 ranks, then again by 1 rank after a restart from an
@@ -191,6 +192,9 @@ def test_restore_reads_the_worker_files_of_the_world_that_wrote_the_checkpoint(t
     assert list(saved_worker_states(str(tmp_path))) == [0]
     torch.save({"data": {"world_size": 2, "rank": 0}, "rng": {}}, tmp_path / "worker_0.pt")
     assert list(saved_worker_states(str(tmp_path))) == [0, 1]
+    torch.save({"data": {"world_size": 3, "rank": 0}, "rng": {}}, tmp_path / "worker_0.pt")
+    with pytest.raises(CheckpointError, match=r"written by 3 ranks but worker_2\.pt missing"):
+        saved_worker_states(str(tmp_path))
 
 
 # --- config → Ray Train ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from ..config import effective_lr, per_worker_batch
 from ..models import build_model
-from .checkpoint import load_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publish, RunLog, worker_file
 from .sync_batchnorm import sync_batchnorm
 from .loop import (Hook, TrainState, fit, make_grad_scaler, make_objective, make_optimizer, seed_everything,
@@ -123,7 +123,12 @@ def saved_worker_states(folder: str) -> dict[int, dict[str, Any]]:
     if "world_size" not in first["data"]:  # saved before elastic training: every file there
         ranks = sorted(int(n[len("worker_"):-len(".pt")]) for n in os.listdir(folder) if re.fullmatch(r"worker_\d+\.pt", n))
         return {r: load(r) for r in ranks}
-    return {0: first, **{r: load(r) for r in range(1, int(first["data"]["world_size"]))}}
+    world = int(first["data"]["world_size"])
+    missing = [worker_file(r) for r in range(1, world) if not os.path.exists(os.path.join(folder, worker_file(r)))]
+    if missing:
+        raise CheckpointError(f"{folder}: written by {world} ranks but {', '.join(missing)} missing "
+                              "(the data position of the epoch cannot be rebuilt)")
+    return {0: first, **{r: load(r) for r in range(1, world)}}
 
 
 def seed_rank(seed: int, rank: int) -> None:
