@@ -60,8 +60,10 @@ class StorageError(RuntimeError):
     `kind` is a key of EXIT_STATUS: no_credentials, access_denied, not_found, unreachable,
     disk_full or failed."""
 
-    def __init__(self, message: str, kind: str = "failed"):
+    def __init__(self, message: str, kind: str | None = None):
         super().__init__(message)
+        if kind is None:  # rebuilt from its message alone (torch's DataLoader re-raises errors that way)
+            kind = next((k for k, text in KIND_TEXT.items() if f": {text} (" in message), "failed")
         self.kind = kind if kind in EXIT_STATUS else "failed"
 
     @property

@@ -107,35 +107,53 @@ def history(run: Path) -> dict[int, dict]:
     return {r["step"]: r for r in records}
 
 
+def expected_keys(shards: Path, steps: int) -> list[list[str]]:
+    """The sample keys of training steps 1..`steps` as the data layer deals them to one
+    rank without any fault (its loader, read here directly: the oracle)."""
+    from genesis_dist.training.run import make_train_loader
+
+    loader = make_train_loader(load_config(COMMON + [f"data.url={shards}"]), 0, 1)
+    batches = loader.forever()
+    return [list(next(batches)["key"]) for _ in range(steps)]
+
+
+def trained(run: Path) -> dict[int, list[str]]:
+    from genesis_dist.training.sample_log import trained_keys
+
+    return {step: entry["keys"] for step, entry in trained_keys(str(run)).items()}
+
+
 @pytest.fixture(scope="module")
-def baseline(cluster, proxy, tmp_path_factory):
-    """The fault-free run the rows compare with: 8 steps on the S3 shards through the proxy
-    (no faults), checkpoints every 2 steps (the last 3 kept). (run folder, seconds, GET
-    requests it made for training shards)."""
-    storage = tmp_path_factory.mktemp("baseline")
-    proxy.clear()
-    status, err, seconds = train(*COMMON, *through(proxy, "data.url=s3://fault-data/shards", f"run.storage_path={storage}",
-                                                   "run.name=base"))
-    assert status == 0, err
-    return storage / "base", seconds, proxy.count("GET", "/shards/train/")
-
-
-def test_s3_errors_and_resets_during_shard_reads_are_retried_and_lose_nothing(proxy, baseline, tmp_path):
-    run, clean_seconds, clean_gets = baseline
+def read_faults_run(cluster, proxy, tmp_path_factory):
+    """A run of 8 steps on the S3 shards through the proxy while it answers a fraction of
+    the training-shard reads with 503, 500, resets, cut bodies and stalls (reads time out
+    after 1 s), checkpoints every 2 steps (the last 3 kept), every step's sample keys logged.
+    (run folder, seconds, faults injected, GET requests, distinct objects read)."""
+    storage = tmp_path_factory.mktemp("read_faults")
     proxy.clear(seed=3)
     for kind, fraction in (("503", 0.2), ("500", 0.1), ("reset", 0.1), ("cut", 0.1), ("stall", 0.1)):
         proxy.add(Fault("GET", "/fault-data/shards/train/", kind, times=None, fraction=fraction, seconds=3.0))
-    status, err, seconds = train(*COMMON, *through(proxy, "data.url=s3://fault-data/shards", f"run.storage_path={tmp_path}",
-                                                   "run.name=faulty", "data.storage_options.config_kwargs.read_timeout=1"))
+    status, err, seconds = train(*COMMON, *through(proxy, "data.url=s3://fault-data/shards", f"run.storage_path={storage}",
+                                                   "run.name=faulty", "data.storage_options.config_kwargs.read_timeout=1",
+                                                   "run.log_sample_keys=true"))
     assert status == 0, err
-    injected, gets = dict(proxy.injected), proxy.count("GET", "/shards/train/")
+    reads = {path: n for (method, path), n in proxy.requests.items() if method == "GET" and "/shards/train/" in path}
+    injected = dict(proxy.injected)
+    proxy.clear()
+    return storage / "faulty", seconds, injected, reads
+
+
+def test_s3_errors_and_resets_during_shard_reads_are_retried_and_lose_nothing(read_faults_run, shards):
+    run, seconds, injected, reads = read_faults_run
     assert sum(injected.values()) >= 3 and len(injected) >= 3, injected
-    assert gets > clean_gets  # the faults were retried: more requests than the fault-free run made
-    faulty, reference = history(tmp_path / "faulty"), history(run)
-    assert sorted(faulty) == list(range(1, STEPS + 1))
-    assert [faulty[s]["loss"] for s in faulty] == [reference[s]["loss"] for s in faulty]  # the same batches
-    report("S3 5xx/resets/stalls/cut bodies on shard reads", faults=injected, requests=gets,
-           fault_free_requests=clean_gets, seconds=round(seconds, 1), fault_free_seconds=round(clean_seconds, 1))
+    retries = sum(reads.values()) - len(reads)
+    assert retries >= sum(injected.values()), reads  # each shard is read once without faults: the rest are retries
+    keys = trained(run)
+    assert sorted(keys) == list(range(1, STEPS + 1))
+    assert [keys[s] for s in sorted(keys)] == expected_keys(shards, STEPS)  # every sample, in order, once
+    assert sorted(history(run)) == list(range(1, STEPS + 1))
+    report("S3 5xx/resets/stalls/cut bodies on shard reads", faults=injected, shard_objects=len(reads),
+           requests=sum(reads.values()), retries=retries, seconds=round(seconds, 1))
 
 
 def test_a_failed_checkpoint_upload_keeps_the_previous_checkpoint_and_the_run_resumes(cluster, proxy, s3_server):
@@ -189,11 +207,10 @@ def test_a_truncated_shard_is_skipped_and_counted_without_a_ddp_hang(cluster, sh
     report("truncated shard", skipped_per_rank=skipped, samples_lost=16 - readable, seconds=round(seconds, 1))
 
 
-def test_a_sigkilled_driver_is_resumed_by_the_rerun_and_loses_only_steps_since_the_checkpoint(cluster, proxy, baseline,
-                                                                                              tmp_path):
-    run = baseline[0]
-    args = COMMON + through(proxy, "data.url=s3://fault-data/shards", f"run.storage_path={tmp_path}", "run.name=driver")
-    proxy.clear()
+def test_a_sigkilled_driver_is_resumed_by_the_rerun_and_loses_only_steps_since_the_checkpoint(cluster, shards,
+                                                                                              read_faults_run, tmp_path):
+    run = read_faults_run[0]
+    args = COMMON + [f"data.url={shards}", f"run.storage_path={tmp_path}", "run.name=driver", "run.log_sample_keys=true"]
     first = Driver("train", args, cluster)
     marker = tmp_path / "driver" / "checkpoint_00000004" / "meta.json"
     deadline = time.monotonic() + 300
@@ -209,6 +226,8 @@ def test_a_sigkilled_driver_is_resumed_by_the_rerun_and_loses_only_steps_since_t
     rerun, reference = history(tmp_path / "driver"), history(run)
     assert sorted(rerun) == list(range(1, STEPS + 1))
     assert [rerun[s]["loss"] for s in rerun] == [reference[s]["loss"] for s in rerun]  # an exact resume
+    keys = trained(tmp_path / "driver")
+    assert [keys[s] for s in sorted(keys)] == expected_keys(shards, STEPS)
     first_step = min(stamp for stamp, step in again.steps())
     via_folder = any("newer than the last checkpoint Ray recorded" in line for _, line in again.out)
     report("driver SIGKILL", killed_after_checkpoint=4, last_step_line_seen=killed_at, resumed_from=resumed[0],
@@ -269,9 +288,10 @@ def _records(run: Path) -> list[int]:
     return sorted(json.loads(line)["step"] for line in lines)
 
 
-def test_an_evaluator_killed_mid_checkpoint_is_rerun_and_two_at_once_evaluate_each_checkpoint_once(cluster, baseline,
+def test_an_evaluator_killed_mid_checkpoint_is_rerun_and_two_at_once_evaluate_each_checkpoint_once(cluster,
+                                                                                                   read_faults_run,
                                                                                                    tmp_path):
-    run = _evaluation_copy(baseline[0], tmp_path / "base")
+    run = _evaluation_copy(read_faults_run[0], tmp_path / "run")
     best = json.loads((run / "best.json").read_text())["step"]
     kept = sorted({int(p.name.split("_")[1]) for p in run.glob("checkpoint_0*")} | {best})
     first = Driver("evaluate", ["--run", str(run), *EVAL], cluster)

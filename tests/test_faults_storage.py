@@ -275,6 +275,23 @@ def test_a_typed_data_url_without_data_is_an_error_not_a_new_dataset(tmp_path):
     assert only_generate_where_configured(load_config(asked), asked).data.generate_if_missing
 
 
+def test_a_storage_failure_in_a_data_loading_process_keeps_its_kind(s3_server):
+    from genesis_dist.data import make_loader
+    from genesis_dist.data.formats import multi_dsprites
+
+    bucket = s3_server.create_bucket("loader-kind")
+    multi_dsprites.convert(f"{bucket}/mds", sizes={"train": 16, "test": 8}, img_size=32, shard_samples=8,
+                           storage_options=s3_server.storage_options, progress=False)
+    with FaultyS3(s3_server) as proxy:
+        proxy.add(Fault("GET", "/mds/train/", "503", times=None))
+        options = {**proxy.storage_options, "config_kwargs": {"retries": {"total_max_attempts": 2}}}
+        loader = make_loader(f"{bucket}/mds", "train", 4, rank=0, world_size=1, num_workers=1, storage_options=options)
+        with pytest.raises(StorageError) as failure:
+            next(iter(loader))
+    assert failure.value.kind == "unreachable" and failure.value.exit_status == 6, str(failure.value)
+    assert "\n" not in str(failure.value)
+
+
 def test_classification_of_real_errors(tmp_path, s3_server):
     import s3fs
 
