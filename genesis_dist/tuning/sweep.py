@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import worker_range
-from ..storage import join, ray_storage
+from ..storage import describe_failure, join, ray_storage
 from .space import Dimension, apply_params
 
 RUNS_FOLDER = "runs"  # {sweep}/runs/{trial id}: each trial's training run folder
@@ -132,6 +132,6 @@ def trial_records(results, base: DictConfig, sweep_url: str) -> list[dict[str, A
             "step": step,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
             "run": join(trial_runs_url(sweep_url), trial_id),
-            "error": None if result.error is None else str(result.error).splitlines()[0],
+            "error": None if result.error is None else describe_failure(result.error)[1],  # the cause, one line
         })
     return sorted(records, key=lambda r: r["trial"])
