@@ -262,11 +262,24 @@ def describe_failure(error: BaseException) -> tuple[int, str]:
         return failure.exit_status, str(failure)
     chain = list(root_errors(error))
     own = [e for e in chain if not type(e).__module__.startswith("ray.")]
-    cause = own[0] if own else chain[-1]
-    text = _one_line(cause)
-    if len(text) > 400:
-        text = text[:400] + " …"
-    return EXIT_STATUS["failed"], f"{type(cause).__name__}: {text}"
+    if own:
+        text = _one_line(own[0])
+        return EXIT_STATUS["failed"], f"{type(own[0]).__name__}: {text[:400] + ' …' if len(text) > 400 else text}"
+    died = [e for e in chain if type(e).__name__ in _PROCESS_DIED]
+    if died:
+        return EXIT_STATUS["failed"], f"a worker process died ({type(died[0]).__name__}: {_first_line(died[0])})"
+    inner = [e for e in chain if type(e).__name__ not in _RAY_WRAPPERS] or chain
+    return EXIT_STATUS["failed"], f"{type(inner[0]).__name__}: {_first_line(inner[0])}"
+
+
+_PROCESS_DIED = {"WorkerHealthCheckFailedError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
+                 "WorkerCrashedError", "OutOfMemoryError", "ObjectLostError"}
+_RAY_WRAPPERS = {"TrainingFailedError", "WorkerGroupError", "ControllerError", "RayTaskError", "UserExceptionWithTraceback"}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
 
 
 # The AWS settings that may travel to Ray processes in a runtime environment: where the

@@ -292,6 +292,23 @@ def test_a_storage_failure_in_a_data_loading_process_keeps_its_kind(s3_server):
     assert "\n" not in str(failure.value)
 
 
+def test_a_failed_runs_line_names_the_workers_own_error():
+    """Ray Train V2 raises TrainingFailedError around the workers' errors: the line names
+    the error inside (with Ray's own exception types, as pickled back from workers)."""
+    pytest.importorskip("ray")
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback, WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    full = WorkerGroupError("rank 0 failed", {0: UserExceptionWithTraceback(OSError(28, "No space left"), "Traceback …")})
+    assert describe_failure(full) == (7, "disk full (OSError: [Errno 28] No space left)")
+    bug = WorkerGroupError("rank 1 failed", {1: UserExceptionWithTraceback(KeyError("beta"), "Traceback …")})
+    assert describe_failure(bug) == (1, "KeyError: 'beta'")
+    died = WorkerGroupError("lost", {1: WorkerHealthCheckFailedError("A worker health check failed.\nWorker info: …",
+                                                                     ActorDiedError())})
+    assert describe_failure(died) == (1, "a worker process died (WorkerHealthCheckFailedError: A worker health check failed.)")
+
+
 def test_classification_of_real_errors(tmp_path, s3_server):
     import s3fs
 
