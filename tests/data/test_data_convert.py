@@ -124,4 +124,7 @@ def test_inspect_prints_the_manifest_and_writes_a_grid(mds_shards, tmp_path, sha
     assert "multi_dsprites" in printed and "train: 240 samples in 6 shards" in printed
     from PIL import Image
 
-    assert Image.open(grid).size == (8 * 66, 2 * 66)  # one row of images, one of mask overlays
+    from genesis_dist.figures import PAD, ROW_LABEL_WIDTH, caption_height
+
+    # figures.dataset_figure: a caption, one row of 8 images and one of mask overlays (64 px cells → 128)
+    assert Image.open(grid).size == (ROW_LABEL_WIDTH + PAD + 8 * (128 + PAD), caption_height(1) + PAD + 2 * (128 + PAD))
