@@ -49,6 +49,26 @@ ARCHS = {
 SCORES = ("ari_fg", "msc_fg", "ari")
 
 
+class ProbeGenesisV2(GenesisV2):
+    """GenesisV2 plus one probe-only term (default off, then the library model exactly):
+    `dec_att_weight · Σ_pixels KL(Cat(stopgrad(m_att)) ‖ Cat(m_dec))`, which pulls the decoder
+    masks towards the IC-SBP attention masks (the reverse of V2 Eq. 7). `train_step` adds aux
+    terms to the KL term, which GECO scales by β, so the probe sets `dec_att_weight` to the
+    wanted weight divided by the current β."""
+
+    dec_att_weight = 0.0
+
+    def forward(self, x, stop_pixels=None):
+        out = super().forward(x, stop_pixels)
+        if self.training and self.dec_att_weight > 0:
+            floor = math.log(1e-5)
+            log_att = out.log_att_masks.detach().clamp_min(floor)
+            log_dec = out.log_masks.clamp_min(floor)
+            kl = (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
+            out.aux["dec_att"] = self.dec_att_weight * kl
+        return out
+
+
 def dsprites_arrays(n: int, split: str, size: int, seed: int, min_sprites: int, max_sprites: int,
                     extent: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` generated Multi-dSprites images `[n, 3, size, size]` in [0, 1] and label maps `[n, size, size]`,
@@ -133,7 +153,7 @@ def evaluate(model: GenesisV2, images: torch.Tensor, labels: torch.Tensor, chunk
 
 
 def build(args) -> tuple[GenesisV2, GECO | BetaELBO, torch.optim.Optimizer]:
-    model = GenesisV2(img_size=args.size, num_slots=args.slots, kernel=args.kernel, pixel_std=args.pixel_std,
+    model = ProbeGenesisV2(img_size=args.size, num_slots=args.slots, kernel=args.kernel, pixel_std=args.pixel_std,
                       mask_loss=args.mask_loss, **ARCHS[args.arch])
     use_channels_last(model)
     if args.objective == "elbo":
@@ -165,7 +185,7 @@ def pixel_std_at(args, step: int) -> float:
     """σ at `step`: geometric from --pixel-std-start to --pixel-std over --pixel-std-steps."""
     if args.pixel_std_start is None or args.pixel_std_steps <= 0:
         return args.pixel_std
-    t = min(1.0, (step - 1) / args.pixel_std_steps)
+    t = min(1.0, max(0, step - 1 - args.pixel_std_delay) / args.pixel_std_steps)
     return math.exp((1 - t) * math.log(args.pixel_std_start) + t * math.log(args.pixel_std))
 
 
@@ -206,11 +226,14 @@ def describe(args) -> str:
         if args.beta_init != 1.0:
             parts.append(f"βinit{args.beta_init:g}")
     parts.append(f"σ{args.pixel_std:g}" if args.pixel_std_start is None
-                 else f"σ{args.pixel_std_start:g}→{args.pixel_std:g}/{args.pixel_std_steps}")
+                 else f"σ{args.pixel_std_start:g}→{args.pixel_std:g}/{args.pixel_std_steps}"
+                 + (f"@{args.pixel_std_delay}" if args.pixel_std_delay else ""))
     if args.kernel != "gaussian":
         parts.append(args.kernel)
     if args.mask_loss:
         parts.append("maskloss")
+    if args.dec_att_weight:
+        parts.append(f"dec←att{args.dec_att_weight:g}" + (f"/{args.dec_att_steps}" if args.dec_att_steps else ""))
     if args.grad_clip:
         parts.append(f"clip{args.grad_clip:g}")
     if args.data == "dsprites":
@@ -237,7 +260,12 @@ def main() -> int:
     p.add_argument("--pixel-std-start", type=float, default=None,
                    help="anneal σ geometrically from this value to --pixel-std over --pixel-std-steps")
     p.add_argument("--pixel-std-steps", type=int, default=0)
+    p.add_argument("--pixel-std-delay", type=int, default=0, help="hold --pixel-std-start this many steps first")
     p.add_argument("--mask-loss", action="store_true")
+    p.add_argument("--dec-att-weight", type=float, default=0.0,
+                   help="weight (relative to err) of KL(stopgrad(attention) ‖ decoder masks), probe-only")
+    p.add_argument("--dec-att-steps", type=int, default=0,
+                   help="hold --dec-att-weight this many steps, then decay it linearly to 0 over as many more")
     p.add_argument("--objective", choices=("geco", "elbo"), default="geco")
     p.add_argument("--goal", type=float, default=0.5655, help="GECO goal per pixel and channel (nats)")
     p.add_argument("--goal-rmse", type=float, default=None,
@@ -295,6 +323,10 @@ def main() -> int:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(args, step)
         model.pixel_std = pixel_std_at(args, step)
+        if args.dec_att_weight > 0:
+            hold = args.dec_att_steps
+            w = args.dec_att_weight * (1.0 if hold <= 0 or step <= hold else max(0.0, 2.0 - step / hold))
+            model.dec_att_weight = w / max(objective.beta, 1e-12)
         if isinstance(objective, GECO):
             objective.goal = geco_goal(goal_at(args, step), args.size)
         images = batches.next()
@@ -305,7 +337,7 @@ def main() -> int:
         if step % args.eval_every == 0 or step == args.steps:
             t0 = time.process_time()
             row = {"step": step, "train_cpu_s": round(train_cpu, 1)}
-            for key in ("err", "kl", "beta", "grad_norm", "mask_loss"):
+            for key in ("err", "kl", "beta", "grad_norm", "mask_loss", "dec_att"):
                 if key in window[-1]:
                     row[key] = float(np.mean([m[key] for m in window])) if key != "beta" else window[-1][key]
             row["goal"] = objective.goal if isinstance(objective, GECO) else None
@@ -352,7 +384,8 @@ def summarize(paths: list[str]) -> str:
 
 @torch.no_grad()
 def save_samples(model: GenesisV2, images: torch.Tensor, path: str) -> None:
-    """Rows: 8 inputs, their reconstructions, the decoder segmentation, 16 prior samples (two rows);
+    """Rows: 8 inputs, their reconstructions, the decoder segmentation, 16 prior samples (two rows),
+    then for the first two inputs each slot's masked component, decoder mask and attention mask;
     4× nearest-neighbour upscaled."""
     from torchvision.utils import save_image
 
@@ -364,7 +397,16 @@ def save_samples(model: GenesisV2, images: torch.Tensor, path: str) -> None:
     palette = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.3, 0.9], [0.9, 0.8, 0.1],
                             [0.8, 0.1, 0.8], [0.1, 0.8, 0.8], [1, 1, 1], [0.5, 0.5, 0.5]])
     seg = palette[masks_to_labels(out.log_masks) % len(palette)].permute(0, 3, 1, 2)
-    grid = torch.cat([images, out.recon.clamp(0, 1), seg, samples.clamp(0, 1)])
+    # Slots of the first two test images: each slot's masked component, then its decoder mask
+    # and attention mask (white = 1), one row per kind, padded to 8 columns.
+    k = out.log_masks.shape[1]
+    pad = torch.ones(8 - k, 3, *images.shape[-2:]) if k < 8 else None
+    rows = []
+    for i in range(2):
+        masks, att = out.log_masks[i].exp(), out.log_att_masks[i].exp()
+        for row in (masks * out.components[i] + (1 - masks), masks.expand(-1, 3, -1, -1), att.expand(-1, 3, -1, -1)):
+            rows.append(torch.cat([row[:8], pad]) if pad is not None else row[:8])
+    grid = torch.cat([images, out.recon.clamp(0, 1), seg, samples.clamp(0, 1), *rows])
     grid = torch.nn.functional.interpolate(grid, scale_factor=4, mode="nearest")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path, nrow=8, padding=2, pad_value=1.0)
