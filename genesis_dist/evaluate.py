@@ -42,8 +42,8 @@ from .storage import describe_failure, filesystem, warn_secrets_on_command_line
 
 LEASE_BUSY_STATUS = 8
 
-SUMMARY_KEYS = (("elbo", ".1f"), ("ari_fg", ".3f"), ("msc_fg", ".3f"), ("att_ari_fg", ".3f"),
-                ("flex_mean_slots", ".2f"), ("fid", ".1f"))
+SUMMARY_KEYS = (("elbo", ".1f"), ("ari_fg", ".3f"), ("one_slot_ari_fg", ".3f"), ("msc_fg", ".3f"),
+                ("one_slot_msc_fg", ".3f"), ("att_ari_fg", ".3f"), ("flex_mean_slots", ".2f"), ("fid", ".1f"))
 
 
 class EvaluationError(RuntimeError):

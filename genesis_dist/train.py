@@ -95,10 +95,20 @@ def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
 
 
 def final_line(metrics: dict[str, Any]) -> str:
-    """The run's closing numbers: held-out err, KL, ELBO (nats per image) and
-    foreground ARI."""
-    keys = (("step", "d"), ("eval_err", ".1f"), ("eval_kl", ".1f"), ("eval_elbo", ".1f"), ("eval_ari_fg", ".3f"))
-    return " ".join(f"{k.removeprefix('eval_')} {metrics[k]:{spec}}" for k, spec in keys if isinstance(metrics.get(k), (int, float)))
+    """The run's closing numbers on its held-out images: err, KL, ELBO (nats per image) and,
+    where the data has masks, foreground ARI and mSC of the decoder masks beside the
+    one-slot answer's."""
+    def number(key: str, spec: str) -> str | None:
+        value = metrics.get(key)
+        return format(value, spec) if isinstance(value, (int, float)) and value == value else None
+
+    parts = [f"step {number('step', 'd')}"] if number("step", "d") else []
+    parts += [f"{name} {number(key, '.1f')}" for name, key in (("err", "eval_err"), ("KL", "eval_kl"),
+                                                                 ("ELBO", "eval_elbo")) if number(key, ".1f")]
+    for name, key in (("ARI-FG", "ari_fg"), ("mSC-FG", "msc_fg")):
+        if number(f"eval_{key}", ".3f"):
+            parts.append(f"{name} {number(f'eval_{key}', '.3f')} (one slot: {number(f'eval_one_slot_{key}', '.3f')})")
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[genesis-dist] latest checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
     step = final.get("step")
     figure = join(run_url, "figures", f"decomposition_{step:08d}.png") if isinstance(step, int) else join(run_url, "figures")
-    print(f"[genesis-dist] held-out: {final_line(final)} — open {figure}")
+    print(f"[genesis-dist] held-out ({cfg.run.eval_images} images): {final_line(final)} — open {figure}")
     return 0
 
 

@@ -92,6 +92,23 @@ def evaluated(trained_run, torch_home, tmp_path_factory):
     return run, lines, seconds
 
 
+def _one_object_fraction(checkpoint: str, count: int) -> float:
+    """Share of the first `count` test images (with foreground) that hold exactly one object."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from genesis_dist.data import make_loader
+
+    data = json.loads((Path(checkpoint) / "meta.json").read_text())["config"]["data"]
+    batch = next(iter(make_loader(data["url"], data["eval_split"], count, rank=0, world_size=1, num_workers=0,
+                                  seed=0, shuffle_buffer=0, drop_last=False)))
+    scores = []
+    for labels in batch["mask"].numpy():
+        foreground = labels[labels > 0]
+        if foreground.size:
+            scores.append(adjusted_rand_score(foreground, np.zeros_like(foreground)))
+    return float(np.mean(scores))
+
+
 def test_pool_evaluates_every_checkpoint_exactly_once(evaluated):
     run, lines, _ = evaluated
     records = [json.loads(line) for line in (run / "eval" / "metrics.jsonl").read_text().splitlines()]
@@ -107,6 +124,10 @@ def test_pool_evaluates_every_checkpoint_exactly_once(evaluated):
             assert 0.0 < record[key] <= 1.0, (key, record[key])
         assert record["fid"] > 0 and np.isfinite(record["fid"])
         assert record["segmentation_images"] == 16 and record["test_images"] == 16
+        # Beside ARI-FG, the one-slot answer's on the same images: ARI-FG of a single segment
+        # is 1 on an image with one object and 0 on one with several (sklearn's convention).
+        assert record["one_slot_ari_fg"] == pytest.approx(_one_object_fraction(record["checkpoint"], 16))
+        assert 0 < record["one_slot_msc_fg"] <= 1 and record["fg_bg_ari"] > 0.5
         assert record["fid_samples"] == 16 and record["fid_test_images"] == 16
         for figure in (f"decomposition_{step:08d}.png", f"generation_{step:08d}.png"):
             assert (run / "eval" / "figures" / figure).stat().st_size > 0

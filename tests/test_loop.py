@@ -166,3 +166,20 @@ def test_the_worker_rank_runner_checkpoints_and_resumes_exactly(shards, tmp_path
     assert meta["step"] == 6 and set(saved) >= {"model", "optimizer", "schedule", "objective"}
     assert "elbo" in meta["eval"] and (tmp_path / "resumed" / "finished.json").exists()
     assert (tmp_path / "resumed" / "figures" / "decomposition_00000006.png").exists()
+
+
+def test_heldout_scores_sit_beside_the_trivial_answers():
+    from genesis_dist.metrics.trivial import trivial_answer_scores
+    from genesis_dist.training.loop import evaluate_batch, heldout_metric_names
+
+    model, _, _ = _setup()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(6, 32, 32, dtype=torch.long)
+    labels[:, 4:12, 4:12] = 1
+    labels[3:, 20:28, 20:28] = 2  # three images with one object, three with two
+    scores = evaluate_batch(model, images, labels)
+    assert set(scores) == set(heldout_metric_names(has_masks=True, has_attention=True))
+    assert scores["one_slot_ari_fg"] == pytest.approx(0.5)  # 1 on one-object images, 0 on the others
+    assert scores["one_slot_msc_fg"] == pytest.approx(trivial_answer_scores(labels)["one_slot"]["msc_fg"])
+    assert scores["fg_bg_ari"] == pytest.approx(trivial_answer_scores(labels)["fg_bg"]["ari"])
+    assert set(evaluate_batch(model, images)) == {"err", "kl", "elbo"}

@@ -135,4 +135,6 @@ def test_a_run_is_never_resumed_with_another_config(ray_cluster, shards, tmp_pat
     # Training longer is the same run: it resumes.
     assert main(args + ["optim.steps=4"]) == 0
     assert sorted(_history(tmp_path / "same")) == [1, 2, 3, 4]
-    assert "[genesis-dist] held-out: step 4 err" in capsys.readouterr().out
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("[genesis-dist] held-out (8 images): step 4, err ") and "ARI-FG " in last
+    assert "(one slot: " in last and last.endswith("decomposition_00000004.png")

@@ -23,6 +23,7 @@ import torch
 from ..training.checkpoint import load_checkpoint, read_meta
 from .fid_stats import fid_against_stats
 from ..metrics import foreground_labels, masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
+from ..metrics.trivial import trivial_answer_scores
 from ..models import build_model, is_generative
 from ..storage import join
 
@@ -260,6 +261,10 @@ class CheckpointEvaluator:
             result["segmentation_images"] = num_seg
             for prefix, values in per_image.items():
                 result.update(_mean_scores(values, prefix))
+            # The trivial answers on the same images: ARI-FG means little without them.
+            trivial = trivial_answer_scores(test.masks[:num_seg].long())
+            result.update(one_slot_ari_fg=trivial["one_slot"]["ari_fg"], one_slot_msc_fg=trivial["one_slot"]["msc_fg"],
+                          fg_bg_ari=trivial["fg_bg"]["ari"])
         if flexible and slots_used:
             stats = slot_count_stats(torch.cat(slots_used), torch.cat(slots_true))
             result.update({"flex_stop_pixels": stop, "flex_mean_slots": stats["mean_slots"],

@@ -307,19 +307,24 @@ WINDOW_METRICS = ("img_per_s", "lr", "step")
 
 def heldout_metric_names(has_masks: bool, has_attention: bool) -> tuple[str, ...]:
     """The keys `evaluate_batch` returns for data with (or without) label maps and a
-    model with (or without) IC-SBP attention masks."""
+    model with (or without) attention masks."""
     names = ("err", "kl", "elbo")
     if has_masks:
-        names += ("ari_fg",) + (("ari_fg_att",) if has_attention else ())
+        names += ("ari_fg", "msc_fg", "ari", "one_slot_ari_fg", "one_slot_msc_fg", "fg_bg_ari")
+        if has_attention:
+            names += ("ari_fg_att", "msc_fg_att")
     return names
 
 
 @torch.no_grad()
 def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, float]:
-    """Held-out scores of one batch (eval mode): err, kl, elbo in nats per image and,
-    when ground-truth label maps `masks [B, H, W]` are given, foreground ARI of the
-    decoder masks (and of the IC-SBP attention masks, for GENESIS-V2)."""
-    from ..metrics import ari, masks_to_labels
+    """Held-out scores of one batch `[N, 3, H, W]` (eval mode): err, kl, elbo in nats per
+    image and, when ground-truth label maps `masks [N, H, W]` are given, the decoder masks'
+    foreground ARI and mSC and all-pixel ARI (and the attention masks' ARI-FG and mSC-FG
+    where the model has them) beside the trivial answers' scores on the same images: every
+    pixel in one slot (`one_slot_*`) and the true foreground/background split (`fg_bg_ari`)."""
+    from ..metrics import masks_to_labels, mean_ignoring_nan, segmentation_scores
+    from ..metrics.trivial import trivial_answer_scores
 
     was_training = model.training
     model.eval()
@@ -330,9 +335,17 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor |
         "kl": float(out.kl.mean()),
         "elbo": float(out.elbo.mean()),
     }
-    if masks is not None:
-        masks = masks.to(images.device)
-        scores["ari_fg"] = float(ari(masks, masks_to_labels(out.log_masks)).nanmean())
-        if out.log_att_masks is not None:
-            scores["ari_fg_att"] = float(ari(masks, masks_to_labels(out.log_att_masks)).nanmean())
+    if masks is None:
+        return scores
+    masks = masks.to(images.device).long()
+    decoder = segmentation_scores(masks, masks_to_labels(out.log_masks))
+    for name in ("ari_fg", "msc_fg", "ari"):
+        scores[name] = mean_ignoring_nan(decoder[name])[0]
+    if out.log_att_masks is not None:
+        attention = segmentation_scores(masks, masks_to_labels(out.log_att_masks))
+        scores["ari_fg_att"] = mean_ignoring_nan(attention["ari_fg"])[0]
+        scores["msc_fg_att"] = mean_ignoring_nan(attention["msc_fg"])[0]
+    trivial = trivial_answer_scores(masks)
+    scores.update(one_slot_ari_fg=trivial["one_slot"]["ari_fg"], one_slot_msc_fg=trivial["one_slot"]["msc_fg"],
+                  fg_bg_ari=trivial["fg_bg"]["ari"])
     return scores
