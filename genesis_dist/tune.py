@@ -90,10 +90,43 @@ def check_sweep_identity(sweep_url: str, record: dict, storage_options: dict | N
     fs.pipe_file(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode())
 
 
-def _init_ray() -> str | None:
+def _init_ray(sweep: DictConfig) -> str | None:
+    import math
+    import os
+
     from .ray_cluster import connect
 
-    return connect(aws_environment())
+    if os.environ.get("RAY_ADDRESS"):
+        return connect(aws_environment())
+    # A local cluster gets one logical CPU more than the machine has, for the trials'
+    # drivers (`sweep.driver_cpus` each; they wait on their TorchTrainer): without it a
+    # trial whose workers take every core could never start.
+    extra = math.ceil((sweep.max_concurrent_trials or 1) * sweep.driver_cpus)
+    return connect(aws_environment(), num_cpus=(os.cpu_count() or 1) + extra)
+
+
+def check_fits(base: DictConfig, sweep: DictConfig) -> None:
+    """One trial (its driver and its workers) must fit the cluster as it is now; on a
+    local cluster that is final (ConfigError), on a remote one the autoscaler may add
+    nodes (a warning)."""
+    import os
+
+    import ray
+
+    from .config import worker_range
+
+    resources = ray.cluster_resources()
+    workers = worker_range(base.scaling)[0]
+    needs = workers * base.scaling.cpus_per_worker + sweep.driver_cpus
+    if needs <= resources.get("CPU", 0):
+        return
+    message = (f"one trial needs {needs:g} CPUs ({workers} worker(s) × scaling.cpus_per_worker="
+               f"{base.scaling.cpus_per_worker:g} + sweep.driver_cpus={sweep.driver_cpus:g}) but the cluster has "
+               f"{resources.get('CPU', 0):g}; lower scaling.cpus_per_worker or scaling.num_workers")
+    if os.environ.get("RAY_ADDRESS"):
+        print(f"genesis_dist.tune: warning: {message} (waiting for the autoscaler)", file=sys.stderr)
+    else:
+        raise ConfigError(message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +156,12 @@ def _run(base: DictConfig, sweep: DictConfig, dimensions, sweep_url: str, storag
     from .tuning.space import grid_size
     from .tuning.sweep import default_concurrency, run_sweep, trial_records
 
-    dashboard = _init_ray()
+    dashboard = _init_ray(sweep)
+    try:
+        check_fits(base, sweep)
+    except ConfigError as err:
+        print(f"genesis_dist.tune: error: {err}", file=sys.stderr)
+        return 2
     concurrent = sweep.max_concurrent_trials or default_concurrency(base, sweep.driver_cpus)
     swept = ", ".join(f"{d.key} {d.kind} {list(d.values)}" for d in dimensions)
     print(f"[genesis-dist] sweep {sweep.name}: {grid_size(dimensions, sweep.num_samples)} trials ({swept}), "

@@ -180,3 +180,12 @@ def test_bad_input_is_one_line_before_any_trial(space, extra, message, shards, c
 def test_an_unknown_space_names_the_available_ones(capsys):
     assert tune_cli.main(["space=nope"]) == 2
     assert "space=nope: no such sweep; available: geco_kernels" in capsys.readouterr().err
+
+
+def test_a_trial_that_cannot_fit_the_local_cluster_is_one_line(ray_address, shards, config_dir, tmp_path, capsys):
+    _space(config_dir, "one", "space:\n  model.kernel: {grid: [gaussian]}\n")
+    status = tune_cli.main(["space=one", *TINY, f"data.url={shards}", f"run.storage_path={tmp_path / 'runs'}",
+                            "scaling.cpus_per_worker=8"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "one trial needs 8.05 CPUs (1 worker(s) × scaling.cpus_per_worker=8 + sweep.driver_cpus=0.05)" in err
