@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -58,6 +58,17 @@ class ObjectiveConfig:
     beta_min: float = 1e-10
     beta_max: float = 1e10
     beta: float = 1.0  # fixed β of the elbo objective
+
+
+@dataclass
+class CurriculumConfig:
+    """Schedules over training steps (training/curriculum.py); off by default (the papers'
+    fixed settings)."""
+
+    pixel_std_from: Optional[float] = None  # set: σ_x starts here, geometric to model.pixel_std over pixel_std_steps; objective.goal is stated at this σ and keeps its RMSE
+    pixel_std_steps: List[int] = field(default_factory=lambda: [0, 0])  # [start, end] of the σ anneal
+    mask_guidance: float = 0.0  # GENESIS-V2: weight of KL(stopgrad(attention masks) ‖ decoder masks), nats, not scaled by β
+    mask_guidance_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second
 
 
 @dataclass
@@ -120,6 +131,7 @@ class RunConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
@@ -323,8 +335,38 @@ def validate(cfg: DictConfig) -> None:
             f"objective.name={cfg.objective.name} does not train model.name={cfg.model.name}: "
             "slot_attention trains with objective.name=mse, every other model with geco or elbo"
         )
+    validate_curriculum(cfg)
     if not _RUN_NAME.fullmatch(cfg.run.name):
         raise ConfigError(f"run.name={cfg.run.name!r}: use letters, digits, '.', '_' and '-' only")
+
+
+def validate_curriculum(cfg: DictConfig) -> None:
+    """Cross-field rules of the `curriculum:` section; raises ConfigError."""
+    cur = cfg.curriculum
+    for key in ("pixel_std_steps", "mask_guidance_steps"):
+        steps = list(cur[key])
+        if len(steps) != 2 or steps[0] < 0 or steps[1] < steps[0]:
+            raise ConfigError(f"curriculum.{key}={steps}: give [start, end] with 0 ≤ start ≤ end")
+    if cur.mask_guidance < 0:
+        raise ConfigError(f"curriculum.mask_guidance={cur.mask_guidance}: must be ≥ 0")
+    if cur.mask_guidance > 0 and cfg.model.name != "genesis_v2":
+        raise ConfigError(f"curriculum.mask_guidance needs attention masks: model.name=genesis_v2, "
+                          f"not {cfg.model.name}")
+    if cur.pixel_std_from is not None:
+        if cur.pixel_std_from <= 0 or cfg.model.pixel_std <= 0:
+            raise ConfigError("curriculum.pixel_std_from and model.pixel_std must be > 0")
+        if cfg.objective.name == "mse":
+            raise ConfigError("curriculum.pixel_std_from: objective.name=mse has no pixel σ")
+        if cfg.objective.name == "geco":
+            from .training.curriculum import goal_rmse
+
+            try:
+                goal_rmse(cfg.objective.goal, cur.pixel_std_from)
+            except ValueError as err:
+                raise ConfigError(f"{err} (curriculum.pixel_std_from)") from None
+    if cfg.optim.compile and (cur.pixel_std_from is not None or cur.mask_guidance > 0):
+        raise ConfigError("optim.compile=true with a curriculum: the compiled model would recompile at every "
+                          "scheduled step; set one of them off")
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[genesis-dist] latest checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
     step = final.get("step")
     figure = join(run_url, "figures", f"decomposition_{step:08d}.png") if isinstance(step, int) else join(run_url, "figures")
-    print(f"[genesis-dist] held-out ({cfg.run.eval_images} images): {final_line(final)} — open {figure}")
+    print(f"[genesis-dist] held-out ({final.get('eval_images', cfg.run.eval_images)} images): {final_line(final)} — open {figure}")
     return 0
 
 

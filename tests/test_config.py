@@ -101,6 +101,10 @@ def test_resume_conflicts_name_what_changes_the_run():
         (["optim"], r"expected key=value"),
         (["optim=3"], r"optim is a section"),
         (["run.name=a/b"], r"run\.name='a/b': use letters"),
+        (["curriculum.pixel_std_steps=[5,1]"], r"curriculum\.pixel_std_steps=\[5, 1\]: give \[start, end\]"),
+        (["model=genesis", "curriculum.mask_guidance=0.3"], r"curriculum\.mask_guidance needs attention masks"),
+        (["curriculum.pixel_std_from=0.4", "objective.goal=-1"], r"objective\.goal=-1 is below the NLL"),
+        (["optim.compile=true"], r"optim\.compile=true with a curriculum"),
     ],
 )
 def test_mistakes_are_one_line_errors_naming_the_key(overrides, pattern):

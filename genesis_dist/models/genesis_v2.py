@@ -53,6 +53,21 @@ def mask_consistency_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor
     return (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
 
 
+def mask_guidance_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 reversed, a training aid (not in the paper): `Σ_pixels KL(stopgrad(Cat(m_att)) ‖
+    Cat(m_dec))` pulls the decoder masks towards the IC-SBP attention masks, which start as K
+    distinct regions, so that the slots stop decoding identical components (uniform decoder
+    masks are a saddle the mixture likelihood does not leave; benchmarks/learning_trials.md).
+
+    Args: log masks `[B, K, 1, H, W]` each, clamped to ≥ 1e-5 before the KL.
+    Returns: `[B]` nats per image.
+    """
+    floor = math.log(MASK_FLOOR)
+    log_att = full_precision(log_att_masks.detach()).clamp_min(floor)
+    log_dec = full_precision(log_dec_masks).clamp_min(floor)
+    return (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
+
+
 class GenesisV2(nn.Module):
     """GENESIS-V2 with K slots at `img_size`² pixels.
 
@@ -83,6 +98,9 @@ class GenesisV2(nn.Module):
         self.pixel_std = pixel_std
         self.use_mask_loss = mask_loss
         self.stop_pixels = stop_pixels
+        # Weight of `mask_guidance_kl` in training (0: the paper's model); set per step by
+        # training/curriculum.py.
+        self.mask_guidance = 0.0
         self.encoder = UNet(img_size, 3, encoder_filters, mlp_hidden)
         enc_ch = self.encoder.out_channels
         self.attention_head = nn.Sequential(
@@ -155,6 +173,9 @@ class GenesisV2(nn.Module):
         aux = {}
         if self.use_mask_loss:
             aux["mask_loss"] = mask_consistency_kl(attention.log_masks, log_masks)
+        penalties = {}
+        if self.training and self.mask_guidance > 0:
+            penalties["mask_guidance"] = self.mask_guidance * mask_guidance_kl(attention.log_masks, log_masks)
         return ModelOutput(
             recon=compose(log_masks, components),
             err=err,
@@ -165,6 +186,7 @@ class GenesisV2(nn.Module):
             log_att_masks=attention.log_masks,
             slot_mask=attention.slot_mask,
             aux=aux,
+            penalties=penalties,
         )
 
     @torch.no_grad()

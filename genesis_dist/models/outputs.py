@@ -22,6 +22,8 @@ class ModelOutput:
         slot_mask: `[B, K]` bool, False for slots unused under the flexible stop.
         aux: extra `[B]` losses that are added to the KL term under GECO
             (e.g. GENESIS-V2's mask-consistency loss, Eq. 7); `kl` excludes them.
+        penalties: extra `[B]` losses added to the loss as they are, whatever GECO's β
+            (e.g. GENESIS-V2's mask guidance, a training aid; see `training/curriculum.py`).
     """
 
     recon: torch.Tensor
@@ -33,6 +35,7 @@ class ModelOutput:
     log_att_masks: torch.Tensor | None = None
     slot_mask: torch.Tensor | None = None
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    penalties: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def elbo(self) -> torch.Tensor:

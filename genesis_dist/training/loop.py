@@ -125,7 +125,7 @@ def train_step(
 
     Returns detached 0-dim tensors on the model's device, not yet read by the host
     (nats per image): loss, err, kl, elbo, beta (after this step's GECO update),
-    grad_norm (before clipping), and any auxiliary losses. Nothing here synchronises
+    grad_norm (before clipping), and any auxiliary losses and penalties. Nothing here synchronises
     with the host except the fp16 scaler's overflow check.
     """
     model.train()
@@ -137,6 +137,8 @@ def train_step(
     kl = out.kl.float()
     kl_term = kl + sum((v.float() for v in out.aux.values()), torch.zeros_like(kl))
     loss = objective.loss(err, kl_term)
+    for penalty in out.penalties.values():
+        loss = loss + penalty.float().mean()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -160,7 +162,7 @@ def train_step(
         "beta": beta,
         "grad_norm": grad_norm.detach(),
     }
-    metrics.update({name: v.detach().float().mean() for name, v in out.aux.items()})
+    metrics.update({name: v.detach().float().mean() for name, v in {**out.aux, **out.penalties}.items()})
     return metrics
 
 
@@ -308,7 +310,7 @@ WINDOW_METRICS = ("img_per_s", "lr", "step")
 def heldout_metric_names(has_masks: bool, has_attention: bool) -> tuple[str, ...]:
     """The keys `evaluate_batch` returns for data with (or without) label maps and a
     model with (or without) attention masks."""
-    names = ("err", "kl", "elbo")
+    names = ("images", "err", "kl", "elbo")
     if has_masks:
         names += ("ari_fg", "msc_fg", "ari", "one_slot_ari_fg", "one_slot_msc_fg", "fg_bg_ari")
         if has_attention:
@@ -318,7 +320,7 @@ def heldout_metric_names(has_masks: bool, has_attention: bool) -> tuple[str, ...
 
 @torch.no_grad()
 def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, float]:
-    """Held-out scores of one batch `[N, 3, H, W]` (eval mode): err, kl, elbo in nats per
+    """Held-out scores of one batch `[N, 3, H, W]` (eval mode): N (`images`), err, kl, elbo in nats per
     image and, when ground-truth label maps `masks [N, H, W]` are given, the decoder masks'
     foreground ARI and mSC and all-pixel ARI (and the attention masks' ARI-FG and mSC-FG
     where the model has them) beside the trivial answers' scores on the same images: every
@@ -331,6 +333,7 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor |
     out = model(images)
     model.train(was_training)
     scores = {
+        "images": images.shape[0],
         "err": float(out.err.mean()),
         "kl": float(out.kl.mean()),
         "elbo": float(out.elbo.mean()),

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from ..config import effective_lr, per_worker_batch
 from ..models import build_model
+from . import curriculum
 from .checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publish, RunLog, worker_file
 from .sync_batchnorm import sync_batchnorm
@@ -150,6 +151,8 @@ def standard_hooks(cfg: DictConfig, run_url: str, rank: int, world: int, device:
 
     storage_options = dict(cfg.data.storage_options)
     hooks: list[Hook] = [InjectedFailure(cfg.run.kill_at_step, rank, world, run_url)]
+    if curriculum.is_active(cfg):
+        hooks.append(curriculum.Curriculum(cfg))
     run_log, heldout = None, None
     if rank == 0:
         logger = RunLogger(run_url, storage_options)

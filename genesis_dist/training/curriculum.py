@@ -1,0 +1,95 @@
+"""Training schedules over steps (`curriculum:` in the config; off by default, when the
+papers' fixed settings apply): a pixel σ annealed from a wide start to `model.pixel_std`
+with GECO's goal following it, and a decaying guidance term that pulls GENESIS-V2's
+decoder masks towards its IC-SBP attention masks. The embedded demo uses both
+(`configs/experiment/demo.yaml`; the evidence is in `benchmarks/learning_trials.md`).
+
+Every value is a pure function of the step, so a resumed run continues the schedule
+exactly where it stopped.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..objectives import GECO, geco_goal
+from .loop import Hook, TrainState
+
+
+def ramp(step: int, start: int, end: int) -> float:
+    """Progress in [0, 1] of optimiser step `step` (1-based) through [start, end]:
+    0 up to `start`, 1 from `end` on, linear between."""
+    if end <= start:
+        return 0.0 if step <= start else 1.0
+    return min(1.0, max(0.0, (step - start) / (end - start)))
+
+
+def pixel_std_at(cfg: Any, step: int) -> float:
+    """σ_x for `step`: `curriculum.pixel_std_from` until `pixel_std_steps[0]`, geometric to
+    `model.pixel_std` at `pixel_std_steps[1]`, then `model.pixel_std` (no schedule set:
+    `model.pixel_std` throughout)."""
+    final = float(cfg.model.pixel_std)
+    start = cfg.curriculum.pixel_std_from
+    if start is None:
+        return final
+    t = ramp(step, *cfg.curriculum.pixel_std_steps)
+    return math.exp((1.0 - t) * math.log(float(start)) + t * math.log(final))
+
+
+def goal_rmse(goal_per_pixel: float, pixel_std: float) -> float:
+    """The reconstruction RMSE (pixel units, images in [0, 1]) that a GECO goal in nats per
+    pixel and channel allows at pixel σ `pixel_std`: the goal is the Gaussian NLL
+    `½ ln 2π + ln σ + r² / (2σ²)` of a mean that is off by r. Raises ValueError when the
+    goal is below a perfect reconstruction's NLL."""
+    excess = goal_per_pixel - 0.5 * math.log(2 * math.pi) - math.log(pixel_std)
+    if excess < 0:
+        raise ValueError(f"objective.goal={goal_per_pixel:g} is below the NLL of a perfect reconstruction at "
+                         f"pixel σ {pixel_std:g} ({goal_per_pixel - excess:.4f} nats per pixel and channel)")
+    return math.sqrt(2.0 * excess) * pixel_std
+
+
+def goal_at(cfg: Any, step: int) -> float:
+    """GECO goal (nats per pixel and channel) at `step`. `objective.goal` is stated at the
+    starting σ; while σ anneals, the goal keeps the reconstruction RMSE it allows there."""
+    goal = float(cfg.objective.goal)
+    start = cfg.curriculum.pixel_std_from
+    if start is None:
+        return goal
+    rmse = goal_rmse(goal, float(start))
+    sigma = pixel_std_at(cfg, step)
+    return 0.5 * math.log(2 * math.pi) + math.log(sigma) + rmse**2 / (2 * sigma**2)
+
+
+def mask_guidance_at(cfg: Any, step: int) -> float:
+    """Weight of GENESIS-V2's mask-guidance term at `step`: `curriculum.mask_guidance`
+    until `mask_guidance_steps[0]`, linearly to 0 at `mask_guidance_steps[1]`."""
+    weight = float(cfg.curriculum.mask_guidance)
+    if weight == 0.0:
+        return 0.0
+    return weight * (1.0 - ramp(step, *cfg.curriculum.mask_guidance_steps))
+
+
+def is_active(cfg: Any) -> bool:
+    """Whether the config schedules anything (else the papers' fixed settings)."""
+    return cfg.curriculum.pixel_std_from is not None or float(cfg.curriculum.mask_guidance) != 0.0
+
+
+def apply(cfg: Any, state: TrainState, step: int) -> None:
+    """Set the model's σ and mask-guidance weight and GECO's goal for `step`."""
+    module = state.module
+    module.pixel_std = pixel_std_at(cfg, step)
+    if hasattr(module, "mask_guidance"):
+        module.mask_guidance = mask_guidance_at(cfg, step)
+    if isinstance(state.objective, GECO):
+        state.objective.goal = geco_goal(goal_at(cfg, step), cfg.model.img_size)
+
+
+class Curriculum(Hook):
+    """Applies the schedules before every step (held-out evaluation and figures on a
+    step see that step's values)."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def before_step(self, state: TrainState, step: int) -> None:
+        apply(self.cfg, state, step)
