@@ -233,7 +233,8 @@ def describe(args) -> str:
     if args.mask_loss:
         parts.append("maskloss")
     if args.dec_att_weight:
-        parts.append(f"dec←att{args.dec_att_weight:g}" + (f"/{args.dec_att_steps}" if args.dec_att_steps else ""))
+        parts.append(f"dec←att{args.dec_att_weight:g}" + (f"/{args.dec_att_steps}" if args.dec_att_steps else "")
+                     + (f"≥{args.dec_att_floor:g}" if args.dec_att_floor else ""))
     if args.grad_clip:
         parts.append(f"clip{args.grad_clip:g}")
     if args.data == "dsprites":
@@ -264,6 +265,8 @@ def main() -> int:
     p.add_argument("--mask-loss", action="store_true")
     p.add_argument("--dec-att-weight", type=float, default=0.0,
                    help="weight (relative to err) of KL(stopgrad(attention) ‖ decoder masks), probe-only")
+    p.add_argument("--dec-att-floor", type=float, default=0.0,
+                   help="keep the decoder←attention weight at least this after its decay")
     p.add_argument("--dec-att-steps", type=int, default=0,
                    help="hold --dec-att-weight this many steps, then decay it linearly to 0 over as many more")
     p.add_argument("--objective", choices=("geco", "elbo"), default="geco")
@@ -326,6 +329,7 @@ def main() -> int:
         if args.dec_att_weight > 0:
             hold = args.dec_att_steps
             w = args.dec_att_weight * (1.0 if hold <= 0 or step <= hold else max(0.0, 2.0 - step / hold))
+            w = max(w, args.dec_att_floor)
             model.dec_att_weight = w / max(objective.beta, 1e-12)
         if isinstance(objective, GECO):
             objective.goal = geco_goal(goal_at(args, step), args.size)
