@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genesis_dist.config import ObjectiveConfig
+from genesis_dist.config import ObjectiveConfig, load_config
 from genesis_dist.metrics import masks_to_labels, mean_ignoring_nan, segmentation_scores
 from genesis_dist.metrics.trivial import trivial_answer_scores
 from genesis_dist.models import GenesisV2, count_parameters
+from genesis_dist.training.curriculum import Curriculum
 from genesis_dist.training.loop import Hook, TrainState, fit, make_objective, seed_everything, use_channels_last
 
 PALETTE = np.array([0, 63, 127, 191, 255], dtype=np.float32) / 255.0
@@ -98,14 +99,20 @@ def squares_check(args) -> int:
     model = GenesisV2(img_size=size, num_slots=args.slots, kernel=args.kernel, pixel_std=args.pixel_std,
                       mask_loss=args.mask_loss)
     use_channels_last(model)
-    objective = make_objective(ObjectiveConfig(goal=args.goal, beta_min=args.beta_min), size)
+    objective = make_objective(ObjectiveConfig(goal=args.goal, beta_min=args.beta_min, beta_init=args.beta_init), size)
+    hooks: list[Hook] = []
+    if args.curriculum:
+        cfg = load_config(["model=genesis_v2", f"model.img_size={size}", f"model.pixel_std={args.pixel_std}",
+                           f"objective.goal={args.goal}", *(f"curriculum.{kv}" for kv in args.curriculum)])
+        hooks.append(Curriculum(cfg))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0)
     line, trivial = trivial_line(test_labels)
     untrained = segmentation_of(model, test_images, test_labels)
     print(f"GENESIS-V2 (published architecture) {count_parameters(model):,} params, K={args.slots}, batch "
           f"{args.batch_size}, lr {args.lr} (warm-up {args.warmup}), GECO goal {args.goal} → {objective.goal:.0f} nats, "
-          f"β_min {args.beta_min:g}, σ {args.pixel_std}, {args.threads} threads")
+          f"β_init {args.beta_init:g}, β_min {args.beta_min:g}, σ {args.pixel_std}, {args.threads} threads"
+          + (f", curriculum {' '.join(args.curriculum)}" if args.curriculum else ""))
     print(line)
     print(f"untrained model: ARI-FG decoder {untrained['dec_ari_fg']:.3f}, attention {untrained['att_ari_fg']:.3f} "
           f"(the IC-SBP's spatial partition)")
@@ -141,7 +148,7 @@ def squares_check(args) -> int:
         while True:
             yield squares_dataset(args.batch_size, size, rng)[0]
 
-    state = fit(TrainState(model, objective, optimizer, schedule), batches(), args.max_steps, [HeldOut()],
+    state = fit(TrainState(model, objective, optimizer, schedule), batches(), args.max_steps, [*hooks, HeldOut()],
                 channels_last=True, grad_clip=args.grad_clip)
     final = segmentation_of(model, test_images, test_labels)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
@@ -196,6 +203,11 @@ def main() -> int:
     parser.add_argument("--goal", type=float, default=0.5655, help="GECO goal per pixel and channel (nats)")
     parser.add_argument("--beta-min", type=float, default=1e-10, help="GECO's lower clamp on β")
     parser.add_argument("--mask-loss", action="store_true", help="GENESIS-V2 Eq. 7 mask-consistency loss")
+    parser.add_argument("--beta-init", type=float, default=1.0, help="GECO's initial β")
+    parser.add_argument("--curriculum", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="curriculum.* settings (training/curriculum.py), e.g. pixel_std_from=0.7 "
+                             "'pixel_std_steps=[800,1500]' mask_guidance=0.3 'mask_guidance_steps=[600,1200]'; "
+                             "--pixel-std is then the final σ")
     parser.add_argument("--grad-clip", type=float, default=None)
     parser.add_argument("--test-images", type=int, default=256)
     parser.add_argument("--eval-every", type=int, default=100)
