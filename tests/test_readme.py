@@ -21,7 +21,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # What each README training command must compose:
 # (model, image size, K, GECO goal per pixel, steps, run name)
 TRAIN_EXPECTED = {
-    "": ("genesis_v2", 32, 5, 0.5655, 2000, "genesis_v2-multi_dsprites-demo"),
+    "": ("genesis_v2", 32, 5, 0.5655, 5000, "genesis_v2-multi_dsprites-demo"),
     "model=genesis data=shapestacks optim.lr=1e-4": ("genesis", 64, 9, 0.5655, 500_000, "genesis-shapestacks"),
     "data=objects_room data.url=s3://bucket/objects_room run.storage_path=s3://bucket/runs scaling.num_workers=8 "
     "optim.precision=bf16": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
@@ -32,8 +32,8 @@ TRAIN_EXPECTED = {
     "scaling.num_workers=8": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
     "data=objects_room data.url=s3://YOUR-BUCKET/objects_room run.storage_path=s3://YOUR-BUCKET/runs "
     "scaling.num_workers=[4,8] data.num_workers=null": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
-    "--config runs/tune-geco_kernels-genesis_v2-multi_dsprites-demo/best.yaml optim.steps=4000":
-        ("genesis_v2", 32, 5, 0.5705, 4000, "1a2b3_00004"),
+    "--config runs/tune-geco_kernels-genesis_v2-multi_dsprites-demo/best.yaml optim.steps=10000":
+        ("genesis_v2", 32, 5, 0.5705, 10000, "1a2b3_00004"),
 }
 # What each README sweep command must compose: (model, data, K, trials, metric, scheduler)
 TUNE_EXPECTED = {
