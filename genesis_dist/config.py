@@ -9,6 +9,7 @@ allowed.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -357,13 +358,11 @@ def validate_curriculum(cfg: DictConfig) -> None:
             raise ConfigError("curriculum.pixel_std_from and model.pixel_std must be > 0")
         if cfg.objective.name == "mse":
             raise ConfigError("curriculum.pixel_std_from: objective.name=mse has no pixel σ")
-        if cfg.objective.name == "geco":
-            from .training.curriculum import goal_rmse
-
-            try:
-                goal_rmse(cfg.objective.goal, cur.pixel_std_from)
-            except ValueError as err:
-                raise ConfigError(f"{err} (curriculum.pixel_std_from)") from None
+        # GECO's goal is stated at the starting σ; it must allow some reconstruction error there.
+        perfect = 0.5 * math.log(2 * math.pi) + math.log(cur.pixel_std_from)
+        if cfg.objective.name == "geco" and cfg.objective.goal < perfect:
+            raise ConfigError(f"objective.goal={cfg.objective.goal:g} is below the NLL of a perfect reconstruction at "
+                              f"curriculum.pixel_std_from={cur.pixel_std_from:g} ({perfect:.4f} nats per pixel and channel)")
     if cfg.optim.compile and (cur.pixel_std_from is not None or cur.mask_guidance > 0):
         raise ConfigError("optim.compile=true with a curriculum: the compiled model would recompile at every "
                           "scheduled step; set one of them off")
