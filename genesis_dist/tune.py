@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(base: DictConfig, sweep: DictConfig, dimensions, sweep_url: str, storage_options: dict) -> int:
-    from .tuning.report import best_trial, trials_table, write_summary
+    from .tuning.report import best_trial, heldout_curve, repeated_curves, repeats_note, trials_table, write_summary
     from .tuning.space import grid_size
     from .tuning.sweep import default_concurrency, run_sweep, trial_records
 
@@ -170,10 +170,14 @@ def _run(base: DictConfig, sweep: DictConfig, dimensions, sweep_url: str, storag
           + (f"  ·  Ray dashboard {dashboard}" if dashboard else ""), flush=True)
     results = run_sweep(base, sweep, dimensions, sweep_url, concurrent)
     records = trial_records(results, base, sweep_url)
-    table = trials_table(records, sweep.metric)
+    repeats = repeated_curves({r["trial"]: heldout_curve(r["run"], storage_options) for r in records})
+    table = trials_table(records, sweep.metric, repeats)
+    note = repeats_note(records, repeats)
     best = best_trial(records, sweep.metric, sweep.mode)
-    best_url = write_summary(sweep_url, table, best, sweep.metric, storage_options)
+    best_url = write_summary(sweep_url, table, best, sweep.metric, storage_options, note)
     print(table, flush=True)
+    if note:
+        print(f"[genesis-dist] {note}", flush=True)
     if best is not None:
         print(f"[genesis-dist] best by {sweep.metric}: {best['trial']} → {best_url}; train it longer with "
               f"python -m genesis_dist.train --config {best_url} optim.steps=N")
