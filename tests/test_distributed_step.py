@@ -57,7 +57,7 @@ def _step(overrides: list[str], images: torch.Tensor, world: int, sync: bool) ->
     train_step(model, state.objective, optimizer, images)
     grads = {f"grad:{name}": p.grad.detach().clone() for name, p in state.module.named_parameters()}
     updates = {name: p.detach() - before[name] for name, p in state.module.named_parameters()}
-    return updates | grads | {"beta": torch.tensor(state.objective.beta)}
+    return updates | grads | {"beta": torch.tensor(state.objective.beta, dtype=torch.float64)}
 
 
 def _rank(rank: int, world: int, store: str, overrides: list[str], sync: bool, out: str) -> None:
@@ -92,7 +92,7 @@ def _max_difference(a: dict, b: dict, prefix: str = "") -> float:
     """Largest difference over the parameter updates (or, with `prefix="grad:"`, the
     gradients), relative to the largest update (gradient) of `b`."""
     assert a.keys() == b.keys()
-    keys = [k for k in a if k.startswith("grad:") == (prefix == "grad:")]
+    keys = [k for k in a if k != "beta" and k.startswith("grad:") == (prefix == "grad:")]
     scale = max(float(b[k].abs().max()) for k in keys)
     return max(float((a[k] - b[k]).abs().max()) for k in keys) / scale
 

@@ -108,6 +108,12 @@ def use_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Half / bfloat16 (autocast) losses in float32; float32 and float64 as they are (a
+    float64 model keeps its precision through GECO's update)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def train_step(
     model: nn.Module,
     objective: GECO | BetaELBO,
@@ -133,12 +139,12 @@ def train_step(
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, precision):
         out = model(images)
-    err = out.err.float()
-    kl = out.kl.float()
-    kl_term = kl + sum((v.float() for v in out.aux.values()), torch.zeros_like(kl))
+    err = at_least_float32(out.err)
+    kl = at_least_float32(out.kl)
+    kl_term = kl + sum((at_least_float32(v) for v in out.aux.values()), torch.zeros_like(kl))
     loss = objective.loss(err, kl_term)
     for penalty in out.penalties.values():
-        loss = loss + penalty.float().mean()
+        loss = loss + at_least_float32(penalty).mean()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
