@@ -69,6 +69,10 @@ def _rank(rank: int, world: int, store: str, overrides: list[str], sync: bool, o
         params = _step(overrides, images, world, sync)
         if rank == 0:
             torch.save(params, out)
+        # Both ranks leave together: one rank tearing gloo down while the other still
+        # talks to it aborted a rank once in a full-suite run ("terminate called without an
+        # active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
