@@ -114,10 +114,11 @@ def check_fits(base: DictConfig, sweep: DictConfig) -> None:
     import ray
 
     from .config import worker_range
+    from .tuning.sweep import trial_cpus
 
     resources = ray.cluster_resources()
     workers = worker_range(base.scaling)[0]
-    needs = workers * base.scaling.cpus_per_worker + sweep.driver_cpus
+    needs = trial_cpus(base.scaling, sweep.driver_cpus, workers)
     if needs <= resources.get("CPU", 0):
         return
     message = (f"one trial needs {needs:g} CPUs ({workers} worker(s) × scaling.cpus_per_worker="

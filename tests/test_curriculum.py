@@ -9,7 +9,7 @@ from scipy.stats import norm
 
 from genesis_dist.config import load_config
 from genesis_dist.models import GenesisV2
-from genesis_dist.models.genesis_v2 import mask_guidance_kl
+from genesis_dist.models.genesis_v2 import mask_consistency_kl, mask_guidance_kl
 from genesis_dist.objectives import GECO, geco_goal
 from genesis_dist.training import curriculum
 from genesis_dist.training.loop import Hook, TrainState, fit, make_objective, seed_everything, train_step
@@ -65,6 +65,20 @@ def test_mask_guidance_is_the_categorical_kl_and_moves_only_the_decoder_masks():
     assert torch.allclose(kl, expected, atol=1e-5)
     kl.sum().backward()
     assert log_att.grad is None and log_dec.grad.abs().sum() > 0
+
+
+def test_eq7_mask_consistency_is_the_reverse_kl_and_moves_only_the_attention_masks():
+    gen = torch.Generator().manual_seed(1)
+    log_att = torch.randn(2, 4, 1, 5, 5, generator=gen).log_softmax(dim=1).requires_grad_()
+    log_dec = torch.randn(2, 4, 1, 5, 5, generator=gen).log_softmax(dim=1).requires_grad_()
+    kl = mask_consistency_kl(log_att, log_dec)
+    cat = torch.distributions.Categorical
+    expected = torch.distributions.kl_divergence(
+        cat(logits=log_att.detach().squeeze(2).movedim(1, -1)), cat(logits=log_dec.detach().squeeze(2).movedim(1, -1))
+    ).flatten(1).sum(dim=1)
+    assert torch.allclose(kl, expected, atol=1e-5)
+    kl.sum().backward()
+    assert log_dec.grad is None and log_att.grad.abs().sum() > 0
 
 
 def test_the_penalty_adds_to_the_loss_unweighted_by_beta():

@@ -41,16 +41,22 @@ class SemiConvEmbedding(nn.Module):
         return torch.cat([out[:, :-2], out[:, -2:] + coords], dim=1)
 
 
+def masks_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """`Σ_pixels KL(Cat(p) ‖ Cat(q))` over the slots of two sets of log masks `[B, K, 1, H, W]`,
+    each clamped to ≥ 1e-5 first. Returns `[B]` nats per image."""
+    floor = math.log(MASK_FLOOR)
+    log_p = full_precision(log_p).clamp_min(floor)
+    log_q = full_precision(log_q).clamp_min(floor)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).flatten(1).sum(dim=1)
+
+
 def mask_consistency_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor) -> torch.Tensor:
     """GENESIS-V2 Eq. 7: `Σ_pixels KL(Cat(m_att) ‖ stopgrad(Cat(m_dec)))`.
 
     Args: log masks `[B, K, 1, H, W]` each, clamped to ≥ 1e-5 before the KL.
     Returns: `[B]` nats per image.
     """
-    floor = math.log(MASK_FLOOR)
-    log_att = full_precision(log_att_masks).clamp_min(floor)
-    log_dec = full_precision(log_dec_masks.detach()).clamp_min(floor)
-    return (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
+    return masks_kl(log_att_masks, log_dec_masks.detach())
 
 
 def mask_guidance_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor) -> torch.Tensor:
@@ -62,10 +68,7 @@ def mask_guidance_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor) -
     Args: log masks `[B, K, 1, H, W]` each, clamped to ≥ 1e-5 before the KL.
     Returns: `[B]` nats per image.
     """
-    floor = math.log(MASK_FLOOR)
-    log_att = full_precision(log_att_masks.detach()).clamp_min(floor)
-    log_dec = full_precision(log_dec_masks).clamp_min(floor)
-    return (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
+    return masks_kl(log_att_masks.detach(), log_dec_masks)
 
 
 class GenesisV2(nn.Module):

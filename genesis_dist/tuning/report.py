@@ -2,12 +2,13 @@
 `{sweep}/sweep.md`) and the best trial's resolved config as `{sweep}/best.yaml`."""
 from __future__ import annotations
 
-import json
 import math
+import sys
 from typing import Any, Sequence
 
 from ..evaluation.report import markdown_table
 from ..storage import filesystem, join
+from ..training.hooks import read_history
 
 SHOWN_METRICS = ("eval_ari_fg", "eval_elbo", "eval_err", "eval_kl", "beta")
 
@@ -24,14 +25,12 @@ def best_trial(records: Sequence[dict[str, Any]], metric: str, mode: str) -> dic
 
 def heldout_curve(run_url: str, storage_options: dict | None = None) -> dict[int, dict[str, float]]:
     """step → the `eval_*` values a run's `metrics.jsonl` holds for it (empty when unreadable)."""
-    fs, path = filesystem(join(run_url, "metrics.jsonl"), storage_options)
     try:
-        lines = fs.cat_file(path).decode().splitlines()
+        records = read_history(join(run_url, "metrics.jsonl"), storage_options, upto_step=sys.maxsize)
     except (OSError, ValueError):
         return {}
     curve = {}
-    for line in lines:
-        record = json.loads(line) if line.strip() else {}
+    for record in records:
         scores = {k: v for k, v in record.items() if k.startswith("eval_")}
         if scores and "step" in record:
             curve[int(record["step"])] = scores

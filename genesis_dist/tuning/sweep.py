@@ -59,6 +59,11 @@ def reports_per_trial(base: DictConfig) -> int:
     return math.ceil(base.optim.steps / base.run.checkpoint_every)
 
 
+def trial_cpus(scaling: DictConfig, driver_cpus: float, workers: int) -> float:
+    """CPUs one trial reserves on CPU workers: `workers` × `scaling.cpus_per_worker` plus its driver's."""
+    return workers * scaling.cpus_per_worker + driver_cpus
+
+
 def default_concurrency(base: DictConfig, driver_cpus: float) -> int:
     """Trials that fit the cluster at once: its CPUs (or GPUs) over what one trial takes
     (its driver's `driver_cpus` and its workers)."""
@@ -70,8 +75,7 @@ def default_concurrency(base: DictConfig, driver_cpus: float) -> int:
     workers = worker_range(base.scaling)[1]  # an elastic trial may grow to its maximum
     if use_gpu:
         return max(1, int(gpus // workers))
-    per_trial = workers * base.scaling.cpus_per_worker + driver_cpus
-    return max(1, int(resources.get("CPU", 1) // per_trial))
+    return max(1, int(resources.get("CPU", 1) // trial_cpus(base.scaling, driver_cpus, workers)))
 
 
 def run_sweep(base: DictConfig, sweep: DictConfig, dimensions: list[Dimension], sweep_url: str,
