@@ -53,32 +53,22 @@ def test_mask_guidance_holds_then_decays_linearly_to_zero():
     assert weights == pytest.approx([0.5, 0.5, 0.375, 0.25, 0.0, 0.0])
 
 
-def test_mask_guidance_is_the_categorical_kl_and_moves_only_the_decoder_masks():
+@pytest.mark.parametrize("kl_of, moves", [(mask_guidance_kl, "decoder"), (mask_consistency_kl, "attention")])
+def test_mask_kls_are_the_categorical_kl_and_move_only_their_own_masks(kl_of, moves):
+    """Guidance: KL(stopgrad(att) ‖ dec) moves the decoder masks; Eq. 7: KL(att ‖ stopgrad(dec))
+    moves the attention masks."""
     gen = torch.Generator().manual_seed(0)
     log_att = torch.randn(2, 4, 1, 5, 5, generator=gen).log_softmax(dim=1).requires_grad_()
     log_dec = torch.randn(2, 4, 1, 5, 5, generator=gen).log_softmax(dim=1).requires_grad_()
-    kl = mask_guidance_kl(log_att, log_dec)
+    kl = kl_of(log_att, log_dec)
     cat = torch.distributions.Categorical
     expected = torch.distributions.kl_divergence(
         cat(logits=log_att.detach().squeeze(2).movedim(1, -1)), cat(logits=log_dec.detach().squeeze(2).movedim(1, -1))
     ).flatten(1).sum(dim=1)
     assert torch.allclose(kl, expected, atol=1e-5)
     kl.sum().backward()
-    assert log_att.grad is None and log_dec.grad.abs().sum() > 0
-
-
-def test_eq7_mask_consistency_is_the_reverse_kl_and_moves_only_the_attention_masks():
-    gen = torch.Generator().manual_seed(1)
-    log_att = torch.randn(2, 4, 1, 5, 5, generator=gen).log_softmax(dim=1).requires_grad_()
-    log_dec = torch.randn(2, 4, 1, 5, 5, generator=gen).log_softmax(dim=1).requires_grad_()
-    kl = mask_consistency_kl(log_att, log_dec)
-    cat = torch.distributions.Categorical
-    expected = torch.distributions.kl_divergence(
-        cat(logits=log_att.detach().squeeze(2).movedim(1, -1)), cat(logits=log_dec.detach().squeeze(2).movedim(1, -1))
-    ).flatten(1).sum(dim=1)
-    assert torch.allclose(kl, expected, atol=1e-5)
-    kl.sum().backward()
-    assert log_dec.grad is None and log_att.grad.abs().sum() > 0
+    moved, fixed = (log_dec, log_att) if moves == "decoder" else (log_att, log_dec)
+    assert fixed.grad is None and moved.grad.abs().sum() > 0
 
 
 def test_the_penalty_adds_to_the_loss_unweighted_by_beta():
