@@ -57,9 +57,15 @@ class ProbeGenesisV2(GenesisV2):
     wanted weight divided by the current β."""
 
     dec_att_weight = 0.0
+    att_dec_weight = 0.0
 
     def forward(self, x, stop_pixels=None):
         out = super().forward(x, stop_pixels)
+        if self.training and self.att_dec_weight > 0:
+            floor = math.log(1e-5)
+            log_dec = out.log_masks.detach().clamp_min(floor)
+            log_att = out.log_att_masks.clamp_min(floor)
+            out.aux["att_dec"] = self.att_dec_weight * (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
         if self.training and self.dec_att_weight > 0:
             floor = math.log(1e-5)
             log_att = out.log_att_masks.detach().clamp_min(floor)
@@ -235,6 +241,10 @@ def describe(args) -> str:
     if args.dec_att_weight:
         parts.append(f"dec←att{args.dec_att_weight:g}" + (f"/{args.dec_att_steps}" if args.dec_att_steps else "")
                      + (f"≥{args.dec_att_floor:g}" if args.dec_att_floor else ""))
+    if args.colour_hint:
+        parts.append(f"hint{args.colour_hint:g}x{args.colour_scale:g}" + ("/{}-{}".format(*args.colour_hint_steps) if args.colour_hint_steps[1] else ""))
+    if args.att_dec_weight:
+        parts.append(f"att←dec{args.att_dec_weight:g}")
     if args.grad_clip:
         parts.append(f"clip{args.grad_clip:g}")
     if args.data == "dsprites":
@@ -269,6 +279,13 @@ def main() -> int:
                    help="keep the decoder←attention weight at least this after its decay")
     p.add_argument("--dec-att-steps", type=int, default=0,
                    help="hold --dec-att-weight this many steps, then decay it linearly to 0 over as many more")
+    p.add_argument("--colour-hint", type=float, default=0.0,
+                   help="weight of the colour-affinity loss on the IC-SBP embeddings (not scaled by β)")
+    p.add_argument("--colour-scale", type=float, default=2.0, help="colour scale s of the colour-affinity target")
+    p.add_argument("--colour-hint-steps", type=int, nargs=2, default=(0, 0), metavar=("HOLD", "END"),
+                   help="colour hint held to HOLD, linear to 0 at END (0 0: constant)")
+    p.add_argument("--att-dec-weight", type=float, default=0.0,
+                   help="weight (not scaled by β) of Eq. 7: KL(Cat(m_att) ‖ stopgrad(Cat(m_dec)))")
     p.add_argument("--objective", choices=("geco", "elbo"), default="geco")
     p.add_argument("--goal", type=float, default=0.5655, help="GECO goal per pixel and channel (nats)")
     p.add_argument("--goal-rmse", type=float, default=None,
@@ -331,6 +348,13 @@ def main() -> int:
             w = args.dec_att_weight * (1.0 if hold <= 0 or step <= hold else max(0.0, 2.0 - step / hold))
             w = max(w, args.dec_att_floor)
             model.dec_att_weight = w / max(objective.beta, 1e-12)
+        if args.colour_hint > 0:
+            hold, end = args.colour_hint_steps
+            t = 0.0 if end <= 0 or step <= hold else min(1.0, (step - hold) / max(1, end - hold))
+            model.colour_hint = args.colour_hint * (1.0 - t)
+            model.colour_hint_scale = args.colour_scale
+        if args.att_dec_weight > 0:
+            model.att_dec_weight = args.att_dec_weight / max(objective.beta, 1e-12)
         if isinstance(objective, GECO):
             objective.goal = geco_goal(goal_at(args, step), args.size)
         images = batches.next()
@@ -341,7 +365,7 @@ def main() -> int:
         if step % args.eval_every == 0 or step == args.steps:
             t0 = time.process_time()
             row = {"step": step, "train_cpu_s": round(train_cpu, 1)}
-            for key in ("err", "kl", "beta", "grad_norm", "mask_loss", "dec_att"):
+            for key in ("err", "kl", "beta", "grad_norm", "mask_loss", "dec_att", "att_dec", "colour_hint"):
                 if key in window[-1]:
                     row[key] = float(np.mean([m[key] for m in window])) if key != "beta" else window[-1][key]
             row["goal"] = objective.goal if isinstance(objective, GECO) else None

@@ -70,6 +70,9 @@ class CurriculumConfig:
     pixel_std_steps: List[int] = field(default_factory=lambda: [0, 0])  # [start, end] of the σ anneal
     mask_guidance: float = 0.0  # GENESIS-V2: weight of KL(stopgrad(attention masks) ‖ decoder masks), nats, not scaled by β
     mask_guidance_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second
+    colour_hint: float = 0.0  # GENESIS-V2: weight of the colour-affinity loss on the IC-SBP embedding (models/genesis_v2.py), not scaled by β
+    colour_hint_scale: float = 2.0  # colour distance scale s of its target: similarity(s²‖x_i − x_j‖²), images in [0, 1]
+    colour_hint_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second
 
 
 @dataclass
@@ -344,15 +347,17 @@ def validate(cfg: DictConfig) -> None:
 def validate_curriculum(cfg: DictConfig) -> None:
     """Cross-field rules of the `curriculum:` section; raises ConfigError."""
     cur = cfg.curriculum
-    for key in ("pixel_std_steps", "mask_guidance_steps"):
+    for key in ("pixel_std_steps", "mask_guidance_steps", "colour_hint_steps"):
         steps = list(cur[key])
         if len(steps) != 2 or steps[0] < 0 or steps[1] < steps[0]:
             raise ConfigError(f"curriculum.{key}={steps}: give [start, end] with 0 ≤ start ≤ end")
-    if cur.mask_guidance < 0:
-        raise ConfigError(f"curriculum.mask_guidance={cur.mask_guidance}: must be ≥ 0")
-    if cur.mask_guidance > 0 and cfg.model.name != "genesis_v2":
-        raise ConfigError(f"curriculum.mask_guidance needs attention masks: model.name=genesis_v2, "
-                          f"not {cfg.model.name}")
+    for key in ("mask_guidance", "colour_hint"):
+        if cur[key] < 0:
+            raise ConfigError(f"curriculum.{key}={cur[key]}: must be ≥ 0")
+        if cur[key] > 0 and cfg.model.name != "genesis_v2":
+            raise ConfigError(f"curriculum.{key} needs IC-SBP attention: model.name=genesis_v2, not {cfg.model.name}")
+    if cur.colour_hint_scale <= 0:
+        raise ConfigError(f"curriculum.colour_hint_scale={cur.colour_hint_scale}: must be > 0")
     if cur.pixel_std_from is not None:
         if cur.pixel_std_from <= 0 or cfg.model.pixel_std <= 0:
             raise ConfigError("curriculum.pixel_std_from and model.pixel_std must be > 0")
@@ -363,7 +368,7 @@ def validate_curriculum(cfg: DictConfig) -> None:
         if cfg.objective.name == "geco" and cfg.objective.goal < perfect:
             raise ConfigError(f"objective.goal={cfg.objective.goal:g} is below the NLL of a perfect reconstruction at "
                               f"curriculum.pixel_std_from={cur.pixel_std_from:g} ({perfect:.4f} nats per pixel and channel)")
-    if cfg.optim.compile and (cur.pixel_std_from is not None or cur.mask_guidance > 0):
+    if cfg.optim.compile and (cur.pixel_std_from is not None or cur.mask_guidance > 0 or cur.colour_hint > 0):
         raise ConfigError("optim.compile=true with a curriculum: the compiled model would recompile at every "
                           "scheduled step; set one of them off")
 

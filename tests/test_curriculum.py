@@ -1,21 +1,23 @@
 """The training curriculum (training/curriculum.py) and GENESIS-V2's mask guidance:
 schedules against their formulas, GECO's goal against scipy's Gaussian NLL, the guidance
-KL against torch.distributions, the penalty's weight in the loss, and the hook in `fit`."""
+KL against torch.distributions, the colour-affinity loss against numpy, the penalty's weight in the loss, and the hook in `fit`."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
 
 from genesis_dist.config import load_config
 from genesis_dist.models import GenesisV2
-from genesis_dist.models.genesis_v2 import mask_consistency_kl, mask_guidance_kl
+from genesis_dist.models.genesis_v2 import colour_affinity_loss, mask_consistency_kl, mask_guidance_kl
 from genesis_dist.objectives import GECO, geco_goal
 from genesis_dist.training import curriculum
 from genesis_dist.training.loop import Hook, TrainState, fit, make_objective, seed_everything, train_step
 
 SCHEDULE = ["curriculum.pixel_std_from=0.7", "model.pixel_std=0.3", "curriculum.pixel_std_steps=[10,20]",
-            "curriculum.mask_guidance=0.5", "curriculum.mask_guidance_steps=[4,8]", "objective.goal=0.5655"]
+            "curriculum.mask_guidance=0.5", "curriculum.mask_guidance_steps=[4,8]", "objective.goal=0.5655",
+            "curriculum.colour_hint=2.0", "curriculum.colour_hint_steps=[6,16]", "curriculum.colour_hint_scale=3.0"]
 
 
 def test_the_demo_schedules_and_the_papers_do_not():
@@ -53,6 +55,62 @@ def test_mask_guidance_holds_then_decays_linearly_to_zero():
     assert weights == pytest.approx([0.5, 0.5, 0.375, 0.25, 0.0, 0.0])
 
 
+def test_colour_hint_holds_then_decays_linearly_to_zero():
+    cfg = load_config(SCHEDULE)
+    weights = [curriculum.colour_hint_at(cfg, s) for s in (1, 6, 11, 16, 17)]
+    assert weights == pytest.approx([2.0, 2.0, 1.0, 0.0, 0.0])
+
+
+def gaussian_similarity(sq_dist, sigma=0.3):
+    return torch.exp(-sq_dist / sigma)
+
+
+def test_colour_affinity_loss_is_the_pairwise_cross_entropy_of_kernel_similarities():
+    """Against a numpy re-derivation on the same sampled pixels: for pixel pairs (i, j),
+    BCE(k(‖ζ_i − ζ_j‖²), k(s²‖x_i − x_j‖²)) averaged over pairs, times H·W."""
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 4, 6, 6, generator=gen, dtype=torch.float64)
+    img = torch.rand(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    torch.manual_seed(5)
+    loss = colour_affinity_loss(emb, img, gaussian_similarity, colour_scale=2.0, pixels=10)
+    torch.manual_seed(5)
+    index = torch.randint(0, 36, (2, 1, 10)).numpy()[:, 0]
+    e, x = emb.flatten(2).numpy(), img.flatten(2).numpy()
+    for b in range(2):
+        ei, xi = e[b][:, index[b]], x[b][:, index[b]]
+        d_emb = ((ei[:, :, None] - ei[:, None, :]) ** 2).sum(0)
+        d_col = ((xi[:, :, None] - xi[:, None, :]) ** 2).sum(0)
+        p = np.clip(np.exp(-d_emb / 0.3), 1e-4, 1 - 1e-4)
+        t = np.clip(np.exp(-4.0 * d_col / 0.3), 1e-4, 1 - 1e-4)
+        bce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+        assert float(loss[b]) == pytest.approx(bce.mean() * 36, rel=1e-9)
+
+
+def test_colour_affinity_loss_pulls_same_colours_together_and_pushes_others_apart():
+    """Two colours on a 2×8 image; embeddings start as the pixel coordinates. A gradient
+    step shrinks the embedding distance within each colour and grows it across colours;
+    embeddings that already equal s·colour get no gradient."""
+    img = torch.zeros(1, 3, 2, 8, dtype=torch.float64)
+    img[..., :4] = 0.9  # left half light, right half dark
+    coords = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 2), torch.linspace(-1, 1, 8), indexing="ij"))
+    emb = coords.to(torch.float64)[None].clone().requires_grad_()
+    torch.manual_seed(0)
+    colour_affinity_loss(emb, img, gaussian_similarity, 2.0, pixels=64).sum().backward()
+    moved = (emb - 0.05 * emb.grad).detach()
+    flat, left = moved.flatten(2)[0], img.flatten(2)[0, 0] > 0.5
+
+    def mean_sq_dist(e, a, b):
+        return float(((e[:, a, None] - e[:, None, b]) ** 2).sum(0).mean())
+
+    before = emb.detach().flatten(2)[0]
+    assert mean_sq_dist(flat, left, left) < mean_sq_dist(before, left, left)
+    assert mean_sq_dist(flat, ~left, ~left) < mean_sq_dist(before, ~left, ~left)
+    assert mean_sq_dist(flat, left, ~left) > mean_sq_dist(before, left, ~left)
+    ideal = (2.0 * img).requires_grad_()
+    colour_affinity_loss(ideal, img, gaussian_similarity, 2.0, pixels=64).sum().backward()
+    assert ideal.grad.abs().max() < 1e-9
+
+
 @pytest.mark.parametrize("kl_of, moves", [(mask_guidance_kl, "decoder"), (mask_consistency_kl, "attention")])
 def test_mask_kls_are_the_categorical_kl_and_move_only_their_own_masks(kl_of, moves):
     """Guidance: KL(stopgrad(att) ‖ dec) moves the decoder masks; Eq. 7: KL(att ‖ stopgrad(dec))
@@ -77,10 +135,11 @@ def test_the_penalty_adds_to_the_loss_unweighted_by_beta():
     objective = GECO(goal=geco_goal(0.5655, 32), step_size=1e-5, beta_init=1e-3)
     images = torch.rand(4, 3, 32, 32)
     model.mask_guidance = 0.3
+    model.colour_hint = 0.5
     torch.manual_seed(1)
     m = {k: float(v) for k, v in train_step(model, objective, torch.optim.SGD(model.parameters(), lr=0.0), images).items()}
-    assert m["mask_guidance"] > 0
-    assert m["loss"] == pytest.approx(m["err"] + 1e-3 * m["kl"] + m["mask_guidance"], rel=1e-6)
+    assert m["mask_guidance"] > 0 and m["colour_hint"] > 0
+    assert m["loss"] == pytest.approx(m["err"] + 1e-3 * m["kl"] + m["mask_guidance"] + m["colour_hint"], rel=1e-6)
     model.eval()
     assert not model(images).penalties  # a training aid only
 
@@ -95,15 +154,17 @@ def test_fit_applies_the_schedule_at_every_step():
 
     class Watch(Hook):
         def before_step(self, state, step):
-            seen.append((step, state.module.pixel_std, state.module.mask_guidance, state.objective.goal))
+            seen.append((step, state.module.pixel_std, state.module.mask_guidance, state.objective.goal,
+                         state.module.colour_hint, state.module.colour_hint_scale))
 
     def batches():
         while True:
             yield torch.rand(2, 3, 32, 32)
 
     fit(state, batches(), 22, [curriculum.Curriculum(cfg), Watch()])
-    for step, sigma, weight, goal in seen:
+    for step, sigma, weight, goal, hint, scale in seen:
         assert sigma == pytest.approx(curriculum.pixel_std_at(cfg, step))
         assert weight == pytest.approx(curriculum.mask_guidance_at(cfg, step))
+        assert hint == pytest.approx(curriculum.colour_hint_at(cfg, step)) and scale == 3.0
         assert goal == pytest.approx(geco_goal(curriculum.goal_at(cfg, step), 32))
     assert seen[0][1] == 0.7 and seen[-1][1] == pytest.approx(0.3) and seen[-1][2] == 0.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from genesis_dist.metrics.trivial import fg_bg_labels, one_slot_labels, trivial_answer_scores
+from genesis_dist.metrics.trivial import colour_labels, fg_bg_labels, one_slot_labels, trivial_answer_scores
 
 
 def random_label_maps(seed: int, n: int = 24, size: int = 12) -> torch.Tensor:
@@ -89,3 +89,22 @@ def test_image_without_foreground_is_left_out_of_fg_scores():
 def test_float_labels_are_refused():
     with pytest.raises(TypeError, match="integer"):
         trivial_answer_scores(torch.zeros(2, 4, 4))
+
+
+def test_colour_answer_is_one_segment_per_distinct_colour():
+    """Images painted from the label maps: a palette colour per label, label 3 sharing label 1's
+    colour. Oracle: sklearn on numpy's own colour codes."""
+    true = random_label_maps(3)
+    palette = torch.tensor([[0.2, 0.2, 0.2], [1.0, 0.0, 0.0], [0.0, 0.5, 1.0], [1.0, 0.0, 0.0]])
+    images = palette[true].permute(0, 3, 1, 2).contiguous()
+    labels = colour_labels(images)
+    codes = np.round(images.numpy() * 255).astype(np.int64)
+    codes = (codes[:, 0] * 256 + codes[:, 1]) * 256 + codes[:, 2]
+    for pred, code in zip(labels.numpy(), codes):
+        assert adjusted_rand_score(code.ravel(), pred.ravel()) == 1.0
+    scores = trivial_answer_scores(true, images)
+    expected = oracle_scores(true, labels)
+    for key, value in expected.items():
+        assert scores["colour"][key] == pytest.approx(value, abs=1e-12)
+    assert scores["colour"]["ari_fg"] < 1.0  # label 3 shares label 1's colour
+    assert "colour" not in trivial_answer_scores(true)

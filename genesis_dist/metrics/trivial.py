@@ -6,6 +6,9 @@ Two answers, both pure functions of the ground-truth label maps `[B, H, W]` (0 =
 - one slot: every pixel in one segment;
 - foreground/background split: the ground-truth foreground as one segment, the background as
   another (on foreground pixels it is the one-slot answer, so it has the same ARI-FG and mSC-FG).
+And, given the images, a third that needs no learning but does look at the pixels:
+- colour: one segment per distinct 8-bit RGB colour. On generated scenes of uniformly
+  coloured shapes it is nearly perfect, so it bounds what a colour cue alone explains.
 """
 from __future__ import annotations
 
@@ -26,15 +29,26 @@ def fg_bg_labels(true: torch.Tensor) -> torch.Tensor:
     return (true != 0).long()
 
 
-def trivial_answer_scores(true: torch.Tensor) -> dict[str, dict[str, float]]:
+def colour_labels(images: torch.Tensor) -> torch.Tensor:
+    """One segment per distinct colour: `images` `[B, 3, H, W]` in [0, 1], rounded to 8 bits,
+    → label maps `[B, H, W]` (int64; numbering per image is arbitrary)."""
+    rgb = (images.clamp(0, 1) * 255).round().long()
+    code = (rgb[:, 0] * 256 + rgb[:, 1]) * 256 + rgb[:, 2]
+    return torch.stack([torch.unique(c, return_inverse=True)[1] for c in code])
+
+
+def trivial_answer_scores(true: torch.Tensor, images: torch.Tensor | None = None) -> dict[str, dict[str, float]]:
     """Mean scores of each trivial answer over the images `true` `[B, H, W]` (integer labels).
 
-    Returns `{answer: {"ari_fg", "ari", "msc_fg"}}` for answer in TRIVIAL_ANSWERS, each the
-    mean over images (-FG scores ignore images without foreground, as the models' do).
+    Returns `{answer: {"ari_fg", "ari", "msc_fg"}}` for answer in TRIVIAL_ANSWERS (and
+    "colour" when `images` `[B, 3, H, W]` are given), each the mean over images (-FG scores
+    ignore images without foreground, as the models' do).
     """
     if true.is_floating_point():
         raise TypeError(f"label maps must be integer tensors; got {true.dtype}")
     answers = {"one_slot": one_slot_labels(true), "fg_bg": fg_bg_labels(true)}
+    if images is not None:
+        answers["colour"] = colour_labels(images)
     scores = {}
     for name, pred in answers.items():
         _, msc_fg = segmentation_covering(true, pred, foreground_only=True)

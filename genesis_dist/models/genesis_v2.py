@@ -71,6 +71,32 @@ def mask_guidance_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor) -
     return masks_kl(log_att_masks.detach(), log_dec_masks)
 
 
+def colour_affinity_loss(embeddings: torch.Tensor, images: torch.Tensor, similarity, colour_scale: float,
+                         pixels: int = 128) -> torch.Tensor:
+    """A training aid (not in the paper): teaches the IC-SBP embedding colour similarity,
+    a bottom-up cue that separates objects in images of uniformly coloured shapes. For
+    `pixels` random pixels per image, the kernel similarity of every pair under the
+    embeddings, `similarity(‖ζ_i − ζ_j‖²)`, is pulled (binary cross-entropy) towards the
+    similarity of their colours, `similarity(s²‖x_i − x_j‖²)` (no gradient; s =
+    `colour_scale`, x the input in [0, 1]). Same-coloured pixels are pulled together against
+    the coordinate part of ζ, differently coloured ones pushed apart. Uses the global torch RNG.
+
+    Args: embeddings `[B, E, H, W]`, images `[B, 3, H, W]`, `similarity` maps squared distances
+    to kernel values in (0, 1] (the IC-SBP kernel, whose σ learns from this loss too).
+    Returns `[B]`: mean cross-entropy over pairs (nats) × H·W, the scale of a per-pixel sum.
+    """
+    b, e, h, w = embeddings.shape
+    index = torch.randint(0, h * w, (b, 1, pixels), device=embeddings.device)
+    emb = full_precision(embeddings).flatten(2).gather(2, index.expand(-1, e, -1)).transpose(1, 2)
+    col = full_precision(images).flatten(2).gather(2, index.expand(-1, 3, -1)).transpose(1, 2)
+    sq_emb = torch.cdist(emb, emb).pow(2)
+    predicted = similarity(sq_emb).clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        target = similarity(colour_scale**2 * torch.cdist(col, col).pow(2)).clamp(1e-4, 1 - 1e-4)
+    bce = F.binary_cross_entropy(predicted, target, reduction="none")
+    return bce.flatten(1).mean(dim=1) * (h * w)
+
+
 class GenesisV2(nn.Module):
     """GENESIS-V2 with K slots at `img_size`² pixels.
 
@@ -104,6 +130,10 @@ class GenesisV2(nn.Module):
         # Weight of `mask_guidance_kl` in training (0: the paper's model); set per step by
         # training/curriculum.py.
         self.mask_guidance = 0.0
+        # Weight of `colour_affinity_loss` in training and its colour scale (0: the paper's
+        # model); set per step by training/curriculum.py.
+        self.colour_hint = 0.0
+        self.colour_hint_scale = 2.0
         self.encoder = UNet(img_size, 3, encoder_filters, mlp_hidden)
         enc_ch = self.encoder.out_channels
         self.attention_head = nn.Sequential(
@@ -147,6 +177,11 @@ class GenesisV2(nn.Module):
 
         Returns (q_mean `[B,K,D]`, q_std `[B,K,D]`, StickBreakingMasks).
         """
+        q_mean, q_std, attention, _ = self._encode(x, stop_pixels)
+        return q_mean, q_std, attention
+
+    def _encode(self, x: torch.Tensor, stop_pixels: float | None):
+        """`encode`, plus the pixel embeddings ζ `[B, E, H, W]` the attention came from."""
         self._check_input(x)
         h = self.encoder(x)
         embeddings = self.attention_head(h)
@@ -157,7 +192,7 @@ class GenesisV2(nn.Module):
         # Object features: mask-weighted means of the feature map (Sec. 3.1).
         pooled = torch.einsum("bkn,bfn->bkf", att, feats) / (att.sum(dim=2, keepdim=True) + 1e-5)
         q_mean, q_raw = self.posterior_head(pooled).chunk(2, dim=-1)
-        return full_precision(q_mean), posterior_sigma(full_precision(q_raw)), attention
+        return full_precision(q_mean), posterior_sigma(full_precision(q_raw)), attention, embeddings
 
     def forward(self, x: torch.Tensor, stop_pixels: float | None = None) -> ModelOutput:
         """Encode, decode and score `x` `[B, 3, H, W]` in [0, 1].
@@ -166,7 +201,7 @@ class GenesisV2(nn.Module):
         it is ignored in training mode.
         """
         stop = (stop_pixels if stop_pixels is not None else self.stop_pixels) if not self.training else None
-        q_mean, q_std, attention = self.encode(x, stop)
+        q_mean, q_std, attention, embeddings = self._encode(x, stop)
         slot_mask = None if stop is None else attention.slot_mask
         z = reparameterise(q_mean, q_std)
         log_masks, components = self._decode(z, slot_mask)
@@ -179,6 +214,9 @@ class GenesisV2(nn.Module):
         penalties = {}
         if self.training and self.mask_guidance > 0:
             penalties["mask_guidance"] = self.mask_guidance * mask_guidance_kl(attention.log_masks, log_masks)
+        if self.training and self.colour_hint > 0:
+            penalties["colour_hint"] = self.colour_hint * colour_affinity_loss(
+                embeddings, x, self.icsbp.similarity, self.colour_hint_scale)
         return ModelOutput(
             recon=compose(log_masks, components),
             err=err,

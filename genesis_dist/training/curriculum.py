@@ -1,7 +1,8 @@
 """Training schedules over steps (`curriculum:` in the config; off by default, when the
 papers' fixed settings apply): a pixel σ annealed from a wide start to `model.pixel_std`
-with GECO's goal following it, and a decaying guidance term that pulls GENESIS-V2's
-decoder masks towards its IC-SBP attention masks. The embedded demo uses both
+with GECO's goal following it, a decaying guidance term that pulls GENESIS-V2's
+decoder masks towards its IC-SBP attention masks, and a colour-affinity term that teaches
+GENESIS-V2's IC-SBP embedding colour similarity. The embedded demo uses all three
 (`configs/experiment/demo.yaml`; the evidence is in `benchmarks/learning_trials.md`).
 
 Every value is a pure function of the step, so a resumed run continues the schedule
@@ -69,17 +70,30 @@ def mask_guidance_at(cfg: Any, step: int) -> float:
     return weight * (1.0 - ramp(step, *cfg.curriculum.mask_guidance_steps))
 
 
+def colour_hint_at(cfg: Any, step: int) -> float:
+    """Weight of GENESIS-V2's colour-affinity term at `step`: `curriculum.colour_hint` until
+    `colour_hint_steps[0]`, linearly to 0 at `colour_hint_steps[1]`."""
+    weight = float(cfg.curriculum.colour_hint)
+    if weight == 0.0:
+        return 0.0
+    return weight * (1.0 - ramp(step, *cfg.curriculum.colour_hint_steps))
+
+
 def is_active(cfg: Any) -> bool:
     """Whether the config schedules anything (else the papers' fixed settings)."""
-    return cfg.curriculum.pixel_std_from is not None or float(cfg.curriculum.mask_guidance) != 0.0
+    cur = cfg.curriculum
+    return cur.pixel_std_from is not None or float(cur.mask_guidance) != 0.0 or float(cur.colour_hint) != 0.0
 
 
 def apply(cfg: Any, state: TrainState, step: int) -> None:
-    """Set the model's σ and mask-guidance weight and GECO's goal for `step`."""
+    """Set the model's σ, mask-guidance and colour-hint weights and GECO's goal for `step`."""
     module = state.module
     module.pixel_std = pixel_std_at(cfg, step)
     if hasattr(module, "mask_guidance"):
         module.mask_guidance = mask_guidance_at(cfg, step)
+    if hasattr(module, "colour_hint"):
+        module.colour_hint = colour_hint_at(cfg, step)
+        module.colour_hint_scale = float(cfg.curriculum.colour_hint_scale)
     if isinstance(state.objective, GECO):
         state.objective.goal = geco_goal(goal_at(cfg, step), cfg.model.img_size)
 
