@@ -83,11 +83,12 @@ def segmentation_of(model: GenesisV2, images: torch.Tensor, labels: torch.Tensor
     return {name: mean_ignoring_nan(torch.cat(values))[0] for name, values in per_image.items()}
 
 
-def trivial_line(labels: torch.Tensor) -> tuple[str, dict]:
-    trivial = trivial_answer_scores(labels)
-    one, split = trivial["one_slot"], trivial["fg_bg"]
+def trivial_line(labels: torch.Tensor, images: torch.Tensor) -> tuple[str, dict]:
+    trivial = trivial_answer_scores(labels, images)
+    one, split, colour = trivial["one_slot"], trivial["fg_bg"], trivial["colour"]
     return (f"trivial answers on these {len(labels)} images: one slot ARI-FG {one['ari_fg']:.3f}, "
-            f"mSC-FG {one['msc_fg']:.3f}; true fg/bg split ARI {split['ari']:.3f}"), trivial
+            f"mSC-FG {one['msc_fg']:.3f}; true fg/bg split ARI {split['ari']:.3f}; one segment per colour "
+            f"ARI-FG {colour['ari_fg']:.3f}, mSC-FG {colour['msc_fg']:.3f}"), trivial
 
 
 def squares_check(args) -> int:
@@ -107,7 +108,7 @@ def squares_check(args) -> int:
         hooks.append(Curriculum(cfg))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0)
-    line, trivial = trivial_line(test_labels)
+    line, trivial = trivial_line(test_labels, test_images)
     untrained = segmentation_of(model, test_images, test_labels)
     print(f"GENESIS-V2 (published architecture) {count_parameters(model):,} params, K={args.slots}, batch "
           f"{args.batch_size}, lr {args.lr} (warm-up {args.warmup}), GECO goal {args.goal} → {objective.goal:.0f} nats, "
@@ -180,6 +181,7 @@ def demo_check(args, overrides: list[str]) -> int:
     one_ari, one_msc = final["eval_one_slot_ari_fg"], final["eval_one_slot_msc_fg"]
     print(f"demo: {wall / 60:.1f} min wall (limit {DEMO_MINUTES:g}), step {final['step']}: held-out ARI-FG "
           f"{ari_fg:.3f} (one slot {one_ari:.3f}, target {DEMO_TARGET}), mSC-FG {msc_fg:.3f} (one slot {one_msc:.3f}), "
+          f"colour alone ARI-FG {final.get('eval_colour_ari_fg', float('nan')):.3f}, "
           f"attention ARI-FG {final.get('eval_ari_fg_att', float('nan')):.3f}; run folder {run}")
     ok = ari_fg >= DEMO_TARGET and msc_fg > one_msc and wall <= 60 * DEMO_MINUTES
     return 0 if ok else 1

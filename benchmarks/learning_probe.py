@@ -322,7 +322,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     test_images, test_labels = held_out(args)
-    trivial = trivial_answer_scores(test_labels)
+    trivial = trivial_answer_scores(test_labels, test_images)
     model, objective, optimizer = build(args)
     batches = Batches(args, np.random.default_rng(args.seed))
     print(f"{args.name} | {describe(args)} | {count_parameters(model):,} params | seed {args.seed} | "

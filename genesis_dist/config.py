@@ -69,10 +69,10 @@ class CurriculumConfig:
     pixel_std_from: Optional[float] = None  # set: σ_x starts here, geometric to model.pixel_std over pixel_std_steps; objective.goal is stated at this σ and keeps its RMSE
     pixel_std_steps: List[int] = field(default_factory=lambda: [0, 0])  # [start, end] of the σ anneal
     mask_guidance: float = 0.0  # GENESIS-V2: weight of KL(stopgrad(attention masks) ‖ decoder masks), nats, not scaled by β
-    mask_guidance_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second
+    mask_guidance_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second; [0, 0]: throughout
     colour_hint: float = 0.0  # GENESIS-V2: weight of the colour-affinity loss on the IC-SBP embedding (models/genesis_v2.py), not scaled by β
     colour_hint_scale: float = 2.0  # colour distance scale s of its target: similarity(s²‖x_i − x_j‖²), images in [0, 1]
-    colour_hint_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second
+    colour_hint_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second; [0, 0]: throughout
 
 
 @dataclass

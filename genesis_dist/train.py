@@ -97,7 +97,7 @@ def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
 def final_line(metrics: dict[str, Any]) -> str:
     """The run's closing numbers on its held-out images: err, KL, ELBO (nats per image) and,
     where the data has masks, foreground ARI and mSC of the decoder masks beside the
-    one-slot answer's."""
+    one-slot answer's and the colour partition's, then those of GENESIS-V2's attention masks."""
     def number(key: str, spec: str) -> str | None:
         value = metrics.get(key)
         return format(value, spec) if isinstance(value, (int, float)) and value == value else None
@@ -107,7 +107,14 @@ def final_line(metrics: dict[str, Any]) -> str:
                                                                  ("ELBO", "eval_elbo")) if number(key, ".1f")]
     for name, key in (("ARI-FG", "ari_fg"), ("mSC-FG", "msc_fg")):
         if number(f"eval_{key}", ".3f"):
-            parts.append(f"{name} {number(f'eval_{key}', '.3f')} (one slot: {number(f'eval_one_slot_{key}', '.3f')})")
+            beside = [f"one slot: {number(f'eval_one_slot_{key}', '.3f')}"]
+            if number(f"eval_colour_{key}", ".3f"):
+                beside.append(f"colour alone: {number(f'eval_colour_{key}', '.3f')}")
+            parts.append(f"{name} {number(f'eval_{key}', '.3f')} ({'; '.join(beside)})")
+    attention = [f"{name} {number(f'eval_{key}_att', '.3f')}" for name, key in (("ARI-FG", "ari_fg"), ("mSC-FG", "msc_fg"))
+                 if number(f"eval_{key}_att", ".3f")]
+    if attention:
+        parts.append("attention masks " + ", ".join(attention))
     return ", ".join(parts)
 
 

@@ -61,6 +61,12 @@ def test_colour_hint_holds_then_decays_linearly_to_zero():
     assert weights == pytest.approx([2.0, 2.0, 1.0, 0.0, 0.0])
 
 
+def test_weights_without_steps_hold_for_the_whole_run():
+    cfg = load_config(["model=genesis_v2", "curriculum.colour_hint=0.7", "curriculum.mask_guidance=0.2"])
+    for step in (1, 5000, 10**6):
+        assert curriculum.colour_hint_at(cfg, step) == 0.7 and curriculum.mask_guidance_at(cfg, step) == 0.2
+
+
 def gaussian_similarity(sq_dist, sigma=0.3):
     return torch.exp(-sq_dist / sigma)
 

@@ -182,5 +182,6 @@ def test_heldout_scores_sit_beside_the_trivial_answers():
     assert scores["one_slot_ari_fg"] == pytest.approx(0.5)  # 1 on one-object images, 0 on the others
     assert scores["one_slot_msc_fg"] == pytest.approx(trivial_answer_scores(labels)["one_slot"]["msc_fg"])
     assert scores["fg_bg_ari"] == pytest.approx(trivial_answer_scores(labels)["fg_bg"]["ari"])
+    assert scores["colour_ari_fg"] == pytest.approx(trivial_answer_scores(labels, images)["colour"]["ari_fg"])
     assert set(evaluate_batch(model, images)) == {"images", "err", "kl", "elbo"}
     assert scores["images"] == 6

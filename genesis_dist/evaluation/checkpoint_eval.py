@@ -262,9 +262,9 @@ class CheckpointEvaluator:
             for prefix, values in per_image.items():
                 result.update(_mean_scores(values, prefix))
             # The trivial answers on the same images: ARI-FG means little without them.
-            trivial = trivial_answer_scores(test.masks[:num_seg].long())
+            trivial = trivial_answer_scores(test.masks[:num_seg].long(), test.images[:num_seg].float() / 255)
             result.update(one_slot_ari_fg=trivial["one_slot"]["ari_fg"], one_slot_msc_fg=trivial["one_slot"]["msc_fg"],
-                          fg_bg_ari=trivial["fg_bg"]["ari"])
+                          fg_bg_ari=trivial["fg_bg"]["ari"], colour_ari_fg=trivial["colour"]["ari_fg"])
         if flexible and slots_used:
             stats = slot_count_stats(torch.cat(slots_used), torch.cat(slots_true))
             result.update({"flex_stop_pixels": stop, "flex_mean_slots": stats["mean_slots"],

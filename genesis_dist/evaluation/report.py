@@ -29,7 +29,7 @@ COLUMNS = (
     ("elbo", "ELBO", ".1f"), ("err", "err", ".1f"), ("kl", "KL", ".1f"),
     ("ari_fg", "ARI-FG", ".3f"), ("one_slot_ari_fg", "one-slot ARI-FG", ".3f"), ("msc_fg", "MSC-FG", ".3f"),
     ("one_slot_msc_fg", "one-slot MSC-FG", ".3f"), ("sc_fg", "SC-FG", ".3f"), ("ari", "ARI", ".3f"),
-    ("fg_bg_ari", "fg/bg ARI", ".3f"),
+    ("fg_bg_ari", "fg/bg ARI", ".3f"), ("colour_ari_fg", "colour ARI-FG", ".3f"),
     ("att_ari_fg", "att ARI-FG", ".3f"), ("att_msc_fg", "att MSC-FG", ".3f"),
     ("flex_ari_fg", "flex ARI-FG", ".3f"), ("flex_mean_slots", "slots", ".2f"), ("flex_slots_mae", "slots MAE", ".2f"),
     ("fid", "FID", ".1f"), ("eval_seconds", "s", ".1f"),

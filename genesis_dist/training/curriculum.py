@@ -61,22 +61,24 @@ def goal_at(cfg: Any, step: int) -> float:
     return 0.5 * math.log(2 * math.pi) + math.log(sigma) + rmse**2 / (2 * sigma**2)
 
 
+def decaying_weight(weight: float, steps: Any, step: int) -> float:
+    """`weight` until `steps[0]`, linearly to 0 at `steps[1]`; `steps` [0, 0]: `weight` throughout."""
+    start, end = steps
+    if weight == 0.0 or (start == 0 and end == 0):
+        return float(weight)
+    return float(weight) * (1.0 - ramp(step, start, end))
+
+
 def mask_guidance_at(cfg: Any, step: int) -> float:
-    """Weight of GENESIS-V2's mask-guidance term at `step`: `curriculum.mask_guidance`
-    until `mask_guidance_steps[0]`, linearly to 0 at `mask_guidance_steps[1]`."""
-    weight = float(cfg.curriculum.mask_guidance)
-    if weight == 0.0:
-        return 0.0
-    return weight * (1.0 - ramp(step, *cfg.curriculum.mask_guidance_steps))
+    """Weight of GENESIS-V2's mask-guidance term at `step` (`curriculum.mask_guidance`,
+    scheduled by `mask_guidance_steps` as in `decaying_weight`)."""
+    return decaying_weight(cfg.curriculum.mask_guidance, cfg.curriculum.mask_guidance_steps, step)
 
 
 def colour_hint_at(cfg: Any, step: int) -> float:
-    """Weight of GENESIS-V2's colour-affinity term at `step`: `curriculum.colour_hint` until
-    `colour_hint_steps[0]`, linearly to 0 at `colour_hint_steps[1]`."""
-    weight = float(cfg.curriculum.colour_hint)
-    if weight == 0.0:
-        return 0.0
-    return weight * (1.0 - ramp(step, *cfg.curriculum.colour_hint_steps))
+    """Weight of GENESIS-V2's colour-affinity term at `step` (`curriculum.colour_hint`,
+    scheduled by `colour_hint_steps` as in `decaying_weight`)."""
+    return decaying_weight(cfg.curriculum.colour_hint, cfg.curriculum.colour_hint_steps, step)
 
 
 def is_active(cfg: Any) -> bool:

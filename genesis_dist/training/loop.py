@@ -318,7 +318,8 @@ def heldout_metric_names(has_masks: bool, has_attention: bool) -> tuple[str, ...
     model with (or without) attention masks."""
     names = ("images", "err", "kl", "elbo")
     if has_masks:
-        names += ("ari_fg", "msc_fg", "ari", "one_slot_ari_fg", "one_slot_msc_fg", "fg_bg_ari")
+        names += ("ari_fg", "msc_fg", "ari", "one_slot_ari_fg", "one_slot_msc_fg", "fg_bg_ari",
+                  "colour_ari_fg", "colour_msc_fg")
         if has_attention:
             names += ("ari_fg_att", "msc_fg_att")
     return names
@@ -330,7 +331,8 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor |
     image and, when ground-truth label maps `masks [N, H, W]` are given, the decoder masks'
     foreground ARI and mSC and all-pixel ARI (and the attention masks' ARI-FG and mSC-FG
     where the model has them) beside the trivial answers' scores on the same images: every
-    pixel in one slot (`one_slot_*`) and the true foreground/background split (`fg_bg_ari`)."""
+    pixel in one slot (`one_slot_*`), the true foreground/background split (`fg_bg_ari`) and
+    one segment per distinct colour (`colour_*`, metrics/trivial.py)."""
     from ..metrics import masks_to_labels, mean_ignoring_nan, segmentation_scores
     from ..metrics.trivial import trivial_answer_scores
 
@@ -354,7 +356,8 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, masks: torch.Tensor |
         attention = segmentation_scores(masks, masks_to_labels(out.log_att_masks))
         scores["ari_fg_att"] = mean_ignoring_nan(attention["ari_fg"])[0]
         scores["msc_fg_att"] = mean_ignoring_nan(attention["msc_fg"])[0]
-    trivial = trivial_answer_scores(masks)
+    trivial = trivial_answer_scores(masks, images)
     scores.update(one_slot_ari_fg=trivial["one_slot"]["ari_fg"], one_slot_msc_fg=trivial["one_slot"]["msc_fg"],
-                  fg_bg_ari=trivial["fg_bg"]["ari"])
+                  fg_bg_ari=trivial["fg_bg"]["ari"], colour_ari_fg=trivial["colour"]["ari_fg"],
+                  colour_msc_fg=trivial["colour"]["msc_fg"])
     return scores
