@@ -330,13 +330,14 @@ def dataset_figure(images: torch.Tensor, labels: torch.Tensor | None = None, col
 
 def scores_caption(title: str, step: int | None = None, log_masks: torch.Tensor | None = None,
                    labels: torch.Tensor | None = None, elbo: torch.Tensor | None = None,
-                   extra: dict[str, float] | None = None) -> str:
+                   extra: dict[str, float] | None = None, log_att_masks: torch.Tensor | None = None) -> str:
     """The caption of a figure: its title, the step, and the scores of the images it shows.
 
     With `log_masks` `[B, K, 1, H, W]` and ground-truth `labels` `[B, H, W]` (0 =
     background): ARI-FG and mSC-FG of the mask argmax, each beside the score of the answer
-    that puts every pixel in one slot (lumping flatters ARI-FG, not mSC-FG). `elbo` `[B]`
-    (nats per image) adds its mean; `extra` adds `name value` pairs (e.g. FID).
+    that puts every pixel in one slot (lumping flatters ARI-FG, not mSC-FG), then those of
+    the attention masks `log_att_masks` where given. `elbo` `[B]` (nats per image) adds its
+    mean; `extra` adds `name value` pairs (e.g. FID).
     """
     parts = [title] + ([f"step {step}"] if step is not None else [])
     if log_masks is not None and labels is not None:
@@ -347,6 +348,10 @@ def scores_caption(title: str, step: int | None = None, log_masks: torch.Tensor 
         model_msc, one_msc = (mean_ignoring_nan(segmentation_covering(true, p)[1])[0] for p in (pred, one_slot))
         parts.append(f"{true.shape[0]} images: ARI-FG {model_ari:.2f} (one slot {one_ari:.2f})")
         parts.append(f"mSC-FG {model_msc:.2f} (one slot {one_msc:.2f})")
+        if log_att_masks is not None:
+            att = masks_to_labels(log_att_masks.detach().cpu())
+            parts.append(f"attention masks ARI-FG {mean_ignoring_nan(ari(true, att))[0]:.2f}, "
+                         f"mSC-FG {mean_ignoring_nan(segmentation_covering(true, att)[1])[0]:.2f}")
     if elbo is not None:
         parts.append(f"ELBO {float(elbo.detach().double().mean()):.0f} nats")
     parts += [f"{name} {value:.4g}" for name, value in (extra or {}).items() if value is not None]

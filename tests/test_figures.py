@@ -199,6 +199,10 @@ def test_scores_caption_against_sklearn():
     assert f"ARI-FG {expected:.2f} (one slot 0.00)" in text and "ELBO -150 nats" in text and "FID 31.25" in text
     # mSC-FG (GENESIS Eq. 12) by hand: object 1's best IoU is 2/3, object 2's 3/4; one slot: 3/6 each
     assert f"mSC-FG {(2 / 3 + 3 / 4) / 2:.2f} (one slot 0.50)" in text
+    assert "attention" not in text
+    perfect = torch.nn.functional.one_hot(true, 3).permute(0, 3, 1, 2).unsqueeze(2).float().mul(9).log_softmax(1)
+    with_att = scores_caption("held-out decomposition", 12, log_masks, true, log_att_masks=perfect)
+    assert with_att.endswith("attention masks ARI-FG 1.00, mSC-FG 1.00")
 
 
 def test_dataset_figure_tints_labels_and_leaves_background():

@@ -303,7 +303,7 @@ class CheckpointEvaluator:
         att = out.log_att_masks[:n] if out.log_att_masks is not None else None
         labels = masks[:n] if masks is not None else None
         caption = scores_caption("test-set decomposition", step, out.log_masks[:n], labels,
-                                 out.elbo[:n] if generative else None)
+                                 out.elbo[:n] if generative else None, log_att_masks=att)
         figure = decomposition_figure(images[:n], out.recon[:n], out.log_masks[:n], out.components[:n], att, caption)
         save_png(figure, join(run_url, "eval", "figures", f"decomposition_{step:08d}.png"),
                  self.config.get("storage_options") or None)

@@ -140,7 +140,7 @@ class Figures(Hook):
                 samples = model.sample(len(self.images)) if generative else None
             model.train(was_training)
         caption = scores_caption("held-out decomposition", state.step, out.log_masks, self.masks,
-                                 out.elbo if generative else None)
+                                 out.elbo if generative else None, log_att_masks=out.log_att_masks)
         figures = {"decomposition": decomposition_figure(self.images, out.recon, out.log_masks, out.components,
                                                          out.log_att_masks, caption)}
         if samples is not None:
