@@ -21,7 +21,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # What each README training command must compose:
 # (model, image size, K, GECO goal per pixel, steps, run name)
 TRAIN_EXPECTED = {
-    "": ("genesis_v2", 32, 5, 0.5655, 5000, "genesis_v2-multi_dsprites-demo"),
+    "": ("genesis_v2", 32, 5, 0.5655, 4000, "genesis_v2-multi_dsprites-demo"),
     "model=genesis data=shapestacks optim.lr=1e-4": ("genesis", 64, 9, 0.5655, 500_000, "genesis-shapestacks"),
     "data=objects_room data.url=s3://bucket/objects_room run.storage_path=s3://bucket/runs scaling.num_workers=8 "
     "optim.precision=bf16": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
