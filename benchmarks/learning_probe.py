@@ -35,6 +35,8 @@ except ImportError:  # before the move to genesis_dist/training/
 from genesis_dist.metrics import masks_to_labels, mean_ignoring_nan, segmentation_scores
 from genesis_dist.metrics.trivial import trivial_answer_scores
 from genesis_dist.models import GenesisV2, count_parameters
+from genesis_dist.models.genesis_v2 import masks_kl
+from genesis_dist.training.curriculum import decaying_weight
 from genesis_dist.objectives import GECO, BetaELBO, geco_goal, geco_step_size
 
 HERE = Path(__file__).resolve().parent
@@ -62,16 +64,9 @@ class ProbeGenesisV2(GenesisV2):
     def forward(self, x, stop_pixels=None):
         out = super().forward(x, stop_pixels)
         if self.training and self.att_dec_weight > 0:
-            floor = math.log(1e-5)
-            log_dec = out.log_masks.detach().clamp_min(floor)
-            log_att = out.log_att_masks.clamp_min(floor)
-            out.aux["att_dec"] = self.att_dec_weight * (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
+            out.aux["att_dec"] = self.att_dec_weight * masks_kl(out.log_att_masks, out.log_masks.detach())
         if self.training and self.dec_att_weight > 0:
-            floor = math.log(1e-5)
-            log_att = out.log_att_masks.detach().clamp_min(floor)
-            log_dec = out.log_masks.clamp_min(floor)
-            kl = (log_att.exp() * (log_att - log_dec)).sum(dim=1).flatten(1).sum(dim=1)
-            out.aux["dec_att"] = self.dec_att_weight * kl
+            out.aux["dec_att"] = self.dec_att_weight * masks_kl(out.log_att_masks.detach(), out.log_masks)
         return out
 
 
@@ -349,9 +344,7 @@ def main() -> int:
             w = max(w, args.dec_att_floor)
             model.dec_att_weight = w / max(objective.beta, 1e-12)
         if args.colour_hint > 0:
-            hold, end = args.colour_hint_steps
-            t = 0.0 if end <= 0 or step <= hold else min(1.0, (step - hold) / max(1, end - hold))
-            model.colour_hint = args.colour_hint * (1.0 - t)
+            model.colour_hint = decaying_weight(args.colour_hint, args.colour_hint_steps, step)
             model.colour_hint_scale = args.colour_scale
         if args.att_dec_weight > 0:
             model.att_dec_weight = args.att_dec_weight / max(objective.beta, 1e-12)
