@@ -36,7 +36,9 @@ def connect(env_vars: dict[str, str] | None = None, **init_kwargs) -> str | None
         port = free_port()
         # Set before the cluster's processes start: they inherit this process's environment.
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        context = ray.init(runtime_env=runtime_env, include_dashboard=True, dashboard_host="127.0.0.1",
-                           dashboard_port=port, **init_kwargs)
+        # address="local": a new cluster even when a `ray start` cluster runs on this machine
+        # (a bare ray.init() would silently join the last one started).
+        context = ray.init(address="local", runtime_env=runtime_env, include_dashboard=True,
+                           dashboard_host="127.0.0.1", dashboard_port=port, **init_kwargs)
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and "://" not in url else url
