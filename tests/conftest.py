@@ -16,3 +16,18 @@ def s3_server():
     """
     with MotoServer() as server:
         yield server
+
+
+def pytest_addoption(parser):
+    parser.addoption("--integration", action="store_true",
+                     help="also run the Ray-heavy integration tier (tests marked integration)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The README's test command runs the fast tier; `--integration` adds the integration tier."""
+    if config.getoption("--integration"):
+        return
+    skip = pytest.mark.skip(reason="integration tier: run with --integration")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
