@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO / "tests"))  # the moto server helper lives with the
 from s3_server import MotoServer  # noqa: E402
 
 from genesis_dist.data import make_loader  # noqa: E402
-from genesis_dist.data.formats import multi_dsprites  # noqa: E402
+from genesis_dist.data.convert import convert_dataset
+from genesis_dist.data.formats.multi_dsprites import MultiDSprites  # noqa: E402
 from genesis_dist.storage import filesystem  # noqa: E402
 
 GOAL_PER_NODE, NODE_CORES = 15_000, 16
@@ -77,7 +78,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder, MotoServer() as server:
         local = str(Path(folder) / "mds")
-        multi_dsprites.convert(local, sizes={"train": args.images}, shard_samples=args.shard_size,
+        convert_dataset(MultiDSprites({"train": args.images}), local, shard_samples=args.shard_size,
                                workers=min(2, cores), progress=False)
         remote = server.create_bucket("bench") + "/mds"
         fs, path = filesystem(remote, server.storage_options)

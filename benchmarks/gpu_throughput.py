@@ -24,7 +24,9 @@ from types import SimpleNamespace
 import torch
 
 from genesis_dist.models import build_model
-from genesis_dist.training.loop import make_objective, train_step, use_channels_last
+from genesis_dist.schema import ModelConfig
+from genesis_dist.training.loop import train_step, use_channels_last
+from genesis_dist.training.objective import TrainingObjective, base_objective
 
 GOAL_V2_BF16 = 3000  # img/s per GPU
 OBJECTIVE = SimpleNamespace(name="geco", goal=0.5655, step_size=None, alpha=0.99, speedup=10.0, beta_init=1.0,
@@ -71,8 +73,8 @@ def measure(name: str, precision: str, mode: str, batch: int, device: torch.devi
     """One row: build, (compile,) warm up, time `steps` steps with one synchronisation at the end."""
     row = Row(name, precision, mode, batch)
     torch.manual_seed(0)
-    model = use_channels_last(build_model({"name": name, "img_size": 64, "num_slots": 7}).to(device))
-    objective = make_objective(OBJECTIVE, 64).to(device)
+    model = use_channels_last(build_model(ModelConfig(name=name, img_size=64, num_slots=7)).to(device))
+    objective = TrainingObjective(base_objective(OBJECTIVE, 64)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     trained = torch.compile(model) if mode == "compiled" else model
     images = torch.rand(batch, 3, 64, 64, device=device)

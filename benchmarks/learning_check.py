@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genesis_dist.config import ObjectiveConfig, load_config
+from genesis_dist.config import load_config
 from genesis_dist.metrics import masks_to_labels, mean_ignoring_nan, segmentation_scores
 from genesis_dist.metrics.trivial import trivial_answer_scores
-from genesis_dist.models import GenesisV2, count_parameters
-from genesis_dist.training.curriculum import Curriculum
-from genesis_dist.training.loop import Hook, TrainState, fit, make_objective, seed_everything, use_channels_last
+from genesis_dist.models import GenesisV2, build_model, count_parameters
+from genesis_dist.training.loop import Hook, TrainState, fit, seed_everything, use_channels_last
+from genesis_dist.training.objective import make_objective
 
 PALETTE = np.array([0, 63, 127, 191, 255], dtype=np.float32) / 255.0
 DEMO_TARGET, DEMO_MINUTES = 0.6, 10.0
@@ -99,21 +99,21 @@ def squares_check(args) -> int:
     rng = np.random.default_rng(args.seed)
     size = 32
     test_images, test_labels = squares_dataset(args.test_images, size, np.random.default_rng(10_000))
-    model = GenesisV2(img_size=size, num_slots=args.slots, kernel=args.kernel, pixel_std=args.pixel_std,
-                      mask_loss=args.mask_loss)
+    cfg = load_config(["model=genesis_v2", f"model.img_size={size}", f"model.num_slots={args.slots}",
+                       f"model.kernel={args.kernel}", f"model.pixel_std={args.pixel_std}",
+                       f"model.mask_loss={str(args.mask_loss).lower()}", f"objective.goal={args.goal}",
+                       f"objective.beta_min={args.beta_min}", f"objective.beta_init={args.beta_init}",
+                       *(f"curriculum.{kv}" for kv in args.curriculum)])
+    model = build_model(cfg.model)
     use_channels_last(model)
-    objective = make_objective(ObjectiveConfig(goal=args.goal, beta_min=args.beta_min, beta_init=args.beta_init), size)
+    objective = make_objective(cfg, model)
     hooks: list[Hook] = []
-    if args.curriculum:
-        cfg = load_config(["model=genesis_v2", f"model.img_size={size}", f"model.pixel_std={args.pixel_std}",
-                           f"objective.goal={args.goal}", *(f"curriculum.{kv}" for kv in args.curriculum)])
-        hooks.append(Curriculum(cfg))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0)
     line, trivial = trivial_line(test_labels, test_images)
     untrained = segmentation_of(model, test_images, test_labels)
     print(f"GENESIS-V2 (published architecture) {count_parameters(model):,} params, K={args.slots}, batch "
-          f"{args.batch_size}, lr {args.lr} (warm-up {args.warmup}), GECO goal {args.goal} → {objective.goal:.0f} nats, "
+          f"{args.batch_size}, lr {args.lr} (warm-up {args.warmup}), GECO goal {args.goal} → {objective.base.goal:.0f} nats, "
           f"β_init {args.beta_init:g}, β_min {args.beta_min:g}, σ {args.pixel_std}, {args.threads} threads"
           + (f", curriculum {' '.join(args.curriculum)}" if args.curriculum else ""))
     print(line)

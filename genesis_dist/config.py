@@ -1,23 +1,25 @@
-"""Typed configuration: schema, composition of config groups, dotlist overrides.
+"""Configuration: composition of config groups and overrides, validated against the
+schema (`genesis_dist/schema.py`).
 
 A run's config is `configs/train.yaml`, then the chosen group files
 (`model=NAME` → `configs/model/NAME.yaml`, likewise `data=`, `experiment=`; each
 a partial config with any sections), then `key.path=value` overrides (see
-`load_config` for what a command line composes). Every value is checked against the dataclass
-schema below; a mistake is one `ConfigError` line naming the key and what is
-allowed.
+`load_config` for what a command line composes). Every value is checked against the
+schema; a mistake is one `ConfigError` line naming the key and what is allowed.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from .objectives import goal_rmse
+from .schema import (MODEL_NAMES, CurriculumConfig, DataConfig, EvalConfig, ModelConfig, ObjectiveConfig,  # noqa: F401
+                     OptimConfig, RunConfig, ScalingConfig, SweepConfig, TrainConfig)
 
 GROUPS = ("model", "data", "experiment")
 DEMO_EXPERIMENT = "demo"  # what `python -m genesis_dist.train` with no group named runs
@@ -27,161 +29,8 @@ class ConfigError(ValueError):
     """A user mistake in a config file or override; the message is one line."""
 
 
-@dataclass
-class ModelConfig:
-    name: str = "genesis_v2"
-    img_size: int = 64
-    num_slots: int = 7
-    latent_dim: int = 64
-    component_latent_dim: int = 16  # GENESIS z^c
-    kernel: str = "gaussian"  # GENESIS-V2 IC-SBP kernel
-    embedding_dim: int = 8
-    feature_dim: int = 128
-    encoder_filters: int = 64
-    head_filters: int = 64
-    decoder_filters: int = 64
-    mlp_hidden: int = 128
-    prior_hidden: int = 256
-    pixel_std: float = 0.7
-    mask_loss: bool = False
-    stop_pixels: Optional[float] = None  # flexible number of slots at test time
-    num_iterations: int = 3  # Slot Attention's attention iterations
-
-
-@dataclass
-class ObjectiveConfig:
-    name: str = "geco"  # geco | elbo | mse (Slot Attention's)
-    goal: float = 0.5655  # GECO goal per pixel and channel
-    step_size: Optional[float] = None  # λ; None: 1e-5 · 64² / (H·W)
-    alpha: float = 0.99
-    speedup: float = 10.0
-    beta_init: float = 1.0
-    beta_min: float = 1e-10
-    beta_max: float = 1e10
-    beta: float = 1.0  # fixed β of the elbo objective
-
-
-@dataclass
-class CurriculumConfig:
-    """Schedules over training steps (training/curriculum.py); off by default (the papers'
-    fixed settings)."""
-
-    pixel_std_from: Optional[float] = None  # set: σ_x starts here, geometric to model.pixel_std over pixel_std_steps; objective.goal is stated at this σ and keeps its RMSE
-    pixel_std_steps: List[int] = field(default_factory=lambda: [0, 0])  # [start, end] of the σ anneal
-    mask_guidance: float = 0.0  # GENESIS-V2: weight of KL(stopgrad(attention masks) ‖ decoder masks), nats, not scaled by β
-    mask_guidance_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second; [0, 0]: throughout
-    colour_hint: float = 0.0  # GENESIS-V2: weight of the colour-affinity loss on the IC-SBP embedding (models/genesis_v2.py), not scaled by β
-    colour_hint_scale: float = 2.0  # colour distance scale s of its target: similarity(s²‖x_i − x_j‖²), images in [0, 1]
-    colour_hint_steps: List[int] = field(default_factory=lambda: [0, 0])  # held until the first, linear to 0 at the second; [0, 0]: throughout
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-4
-    warmup_steps: int = 0  # linear learning-rate warm-up
-    decay_every: Optional[int] = None  # multiply the learning rate by decay_rate every so many steps
-    decay_rate: float = 0.5
-    batch_size: int = 32  # images per worker and step (the papers' 32 on one GPU); the global batch is × workers
-    global_batch_size: Optional[int] = None  # set: a fixed global batch, split evenly (batch_size is then ignored)
-    lr_scaling: str = "none"  # none | linear | sqrt: scale lr by (global batch / lr_reference_batch)^1 or ^½
-    lr_reference_batch: int = 32  # the global batch `lr` was tuned for
-    steps: int = 500_000
-    grad_clip: Optional[float] = None  # max global gradient norm
-    precision: str = "auto"  # auto (bf16 autocast on GPUs, fp32 on CPUs) | fp32 | bf16 | fp16
-    channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
-    compile: bool = False  # torch.compile the model (GPUs; compiling costs ~30 s on a CPU and did not pay there)
-
-
-@dataclass
-class DataConfig:
-    name: str = "multi_dsprites"
-    url: str = "data/multi_dsprites"  # any fsspec URL: local path, s3://, gs://
-    train_split: str = "train"
-    eval_split: str = "test"
-    num_workers: Optional[int] = None  # DataLoader workers per training worker; None: the node's cores per training worker, less one
-    shuffle_buffer: int = 1000
-    generate_if_missing: bool = False  # make a small Multi-dSprites set locally
-    generate_train: int = 2000
-    generate_test: int = 200
-    storage_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ScalingConfig:
-    num_workers: Any = 1  # training workers (one per GPU): N, or [MIN, MAX] for elastic training (see worker_range)
-    resize_interval_s: float = 60.0  # elastic: how often Ray Train looks for room to grow the worker group
-    use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
-    cpus_per_worker: float = 1.0
-    sync_batchnorm: bool = True  # BatchNorm statistics over all workers' batches (GENESIS) when > 1 worker
-
-
-@dataclass
-class RunConfig:
-    name: str = ""  # empty: {model}-{data}[-{experiment}]
-    storage_path: str = "runs"  # local path or s3:// URL
-    seed: int = 0
-    deterministic: bool = True
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    log_sample_keys: bool = False  # debug: each rank writes the sample keys of every step to {run}/sample_keys/
-    image_every: int = 1000
-    eval_images: int = 64
-    max_failures: int = 2
-    kill_at_step: Optional[int] = None  # fault injection for tests: the last rank SIGKILLs itself once here
-
-
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-
-@dataclass
-class EvalConfig:
-    """`python -m genesis_dist.evaluate`: the evaluation actor pool (configs/eval.yaml)."""
-
-    run: str = ""  # run folder URL: {run.storage_path}/{run.name}
-    watch: bool = False  # keep polling for new checkpoints until the run writes finished.json
-    poll_seconds: float = 30.0
-    actors: int = 2
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    batch_size: int = 64
-    fid_samples: int = 10_000  # model samples vs as many test images (papers: 10,000)
-    segmentation_images: int = 320  # papers: 320 test images
-    elbo_images: Optional[int] = None  # test images for ELBO / err / KL; None: the whole test split
-    stop_pixels: Optional[float] = None  # flexible number of slots (GENESIS-V2)
-    seed: int = 0  # posterior and prior noise, the same for every checkpoint
-    start_timeout_s: float = 600.0  # an actor that has not started by then (no resources) is an error
-    checkpoint_timeout_s: float = 3600.0  # an evaluation running longer is killed and reported failed
-    stats_cache: str = "~/.cache/genesis_dist/fid"  # test-set FID statistics, keyed by manifest sha256
-    storage_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SweepConfig:
-    """`python -m genesis_dist.tune`: how a sweep runs (the `sweep:` section of
-    `configs/tune/NAME.yaml`, `sweep.key=value` overrides)."""
-
-    name: str = ""  # sweep folder under run.storage_path; empty: tune-{space}-{run name}
-    metric: str = "eval_ari_fg"  # what the scheduler and best.yaml rank trials by
-    mode: str = "max"  # max | min
-    scheduler: str = "asha"  # asha | fifo (every trial runs to the end)
-    grace_period: int = 1  # reports (checkpoints) a trial makes before ASHA may stop it
-    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
-    num_samples: int = 1  # how often the grid is repeated (random choices drawn anew)
-    max_concurrent_trials: Optional[int] = None  # None: as many as the cluster's CPUs / GPUs fit
-    driver_cpus: float = 0.05  # each trial's driver (Tune sees only this; its workers reserve their own)
-
-
 CHOICES = {
-    "model.name": ("genesis_v2", "genesis", "genesis_s", "monet", "slot_attention", "bd_vae", "dc_vae"),
+    "model.name": MODEL_NAMES,
     "model.kernel": ("gaussian", "laplacian", "epanechnikov"),
     "objective.name": ("geco", "elbo", "mse"),
     "optim.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -209,7 +58,6 @@ MAY_CHANGE_ON_RESUME = (
     "run.image_every",
     "run.eval_images",
     "run.max_failures",
-    "run.kill_at_step",
     "run.log_sample_keys",
 )
 
@@ -231,26 +79,33 @@ def find_config_dir() -> Path:
     return package.parent / "configs"
 
 
-def _one_line(err: OmegaConfBaseException, source: str) -> str:
+def _one_line(err: OmegaConfBaseException, source: str, root: DictConfig, prefix: str) -> str:
+    """`source: key: what is wrong`, naming the keys allowed where the key is unknown."""
     key = getattr(err, "full_key", None) or "?"
     msg = str(err).splitlines()[0]
     if isinstance(err, ConfigKeyError):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        root = OmegaConf.structured(TrainConfig)
         section = OmegaConf.select(root, parent) if parent else root
         if isinstance(section, DictConfig):
             msg = f"unknown key; allowed: {', '.join(section.keys())}"
-    return f"{source}: {key}: {msg}"
+    return f"{source}: {prefix}{key}: {msg}"
 
 
-def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+def merge_config(base: DictConfig, other: Any, source: str, prefix: str = "") -> DictConfig:
+    """`base` (a structured config: the schema checks every value) with `other` merged in:
+    a mapping, or `key=value` strings. A mistake is one ConfigError line naming `source`
+    and the key (`prefix` + its dotted path), and for an unknown key the keys allowed there."""
     try:
+        if isinstance(other, (list, tuple)):
+            other = OmegaConf.from_dotlist(list(other))
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
-        raise ConfigError(_one_line(err, source)) from None
+        if not hasattr(err, "full_key") or err.full_key is None:
+            raise ConfigError(f"{source}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(_one_line(err, source, base, prefix)) from None
 
 
-def _load_yaml(path: Path) -> DictConfig:
+def load_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -270,7 +125,7 @@ def _group_file(group: str, name: str, config_dir: Path) -> DictConfig:
     if not path.exists():
         available = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
         raise ConfigError(f"{group}={name}: no such config; available: {', '.join(available) or 'none'}")
-    return _load_yaml(path)
+    return load_yaml(path)
 
 
 def _check_choices(cfg: DictConfig, prefix: str = "") -> None:
@@ -364,13 +219,11 @@ def validate_curriculum(cfg: DictConfig) -> None:
         if cfg.objective.name == "mse":
             raise ConfigError("curriculum.pixel_std_from: objective.name=mse has no pixel σ")
         # GECO's goal is stated at the starting σ; it must allow some reconstruction error there.
-        perfect = 0.5 * math.log(2 * math.pi) + math.log(cur.pixel_std_from)
-        if cfg.objective.name == "geco" and cfg.objective.goal < perfect:
-            raise ConfigError(f"objective.goal={cfg.objective.goal:g} is below the NLL of a perfect reconstruction at "
-                              f"curriculum.pixel_std_from={cur.pixel_std_from:g} ({perfect:.4f} nats per pixel and channel)")
-    if cfg.optim.compile and (cur.pixel_std_from is not None or cur.mask_guidance > 0 or cur.colour_hint > 0):
-        raise ConfigError("optim.compile=true with a curriculum: the compiled model would recompile at every "
-                          "scheduled step; set one of them off")
+        if cfg.objective.name == "geco":
+            try:
+                goal_rmse(cfg.objective.goal, cur.pixel_std_from)
+            except ValueError as err:
+                raise ConfigError(f"{err} (curriculum.pixel_std_from)") from None
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -406,11 +259,7 @@ def _split_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def _apply_dotlist(cfg: DictConfig, values: list[str]) -> DictConfig:
-    try:
-        dotlist = OmegaConf.from_dotlist(values)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
-    return _merge(cfg, dotlist, "override")
+    return merge_config(cfg, values, "override")
 
 
 def per_worker_batch(optim: Any, world_size: int) -> int:
@@ -459,13 +308,13 @@ def load_config(overrides: list[str] | None = None, config_dir: str | Path | Non
         if cli_groups:
             raise ConfigError(f"--config {base_file}: group selections ({', '.join(cli_groups)}=) can't be combined with it; "
                               "use key=value overrides")
-        cfg = _merge(OmegaConf.structured(TrainConfig), _load_yaml(Path(base_file)), str(base_file))
+        cfg = merge_config(OmegaConf.structured(TrainConfig), load_yaml(Path(base_file)), str(base_file))
         cfg = _apply_dotlist(cfg, values)
         validate(cfg)
         OmegaConf.set_readonly(cfg, True)
         return cfg
     base_path = config_dir / "train.yaml"
-    base, groups = _split_defaults(_load_yaml(base_path), str(base_path))
+    base, groups = _split_defaults(load_yaml(base_path), str(base_path))
     experiment_name = cli_groups.get("experiment") or (None if cli_groups else DEMO_EXPERIMENT)
     experiment = None
     if experiment_name is not None:
@@ -474,12 +323,12 @@ def load_config(overrides: list[str] | None = None, config_dir: str | Path | Non
         )
         groups.update(experiment_groups)
     groups.update({k: v for k, v in cli_groups.items() if k != "experiment"})
-    cfg = _merge(OmegaConf.structured(TrainConfig), base, str(base_path))
+    cfg = merge_config(OmegaConf.structured(TrainConfig), base, str(base_path))
     for group in ("model", "data"):
         if group in groups:
-            cfg = _merge(cfg, _group_file(group, groups[group], config_dir), f"{group}={groups[group]}")
+            cfg = merge_config(cfg, _group_file(group, groups[group], config_dir), f"{group}={groups[group]}")
     if experiment is not None:
-        cfg = _merge(cfg, experiment, f"experiment={experiment_name}")
+        cfg = merge_config(cfg, experiment, f"experiment={experiment_name}")
     cfg = _apply_dotlist(cfg, values)
     if not cfg.run.name:
         cfg.run.name = derived_run_name(cfg.model.name, cfg.data.name, experiment_name)
@@ -522,22 +371,11 @@ def load_eval_config(overrides: list[str] | None = None, config_dir: str | Path 
     config_dir = Path(config_dir) if config_dir else find_config_dir()
     cfg = OmegaConf.structured(EvalConfig)
     path = config_dir / "eval.yaml"
-    cfg = _merge(cfg, _load_yaml(path), str(path))
+    cfg = merge_config(cfg, load_yaml(path), str(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. actors=4)")
-    try:
-        dotlist = OmegaConf.from_dotlist(list(overrides or []))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
-    try:
-        cfg = OmegaConf.merge(cfg, dotlist)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        msg = str(err).splitlines()[0]
-        if isinstance(err, ConfigKeyError):
-            msg = f"unknown key; allowed: {', '.join(OmegaConf.structured(EvalConfig).keys())}"
-        raise ConfigError(f"override: {key}: {msg}") from None
+    cfg = merge_config(cfg, list(overrides or []), "override")
     if cfg.actors < 1:
         raise ConfigError(f"actors={cfg.actors}: must be ≥ 1")
     OmegaConf.set_readonly(cfg, True)
@@ -548,7 +386,7 @@ def model_config(overrides: list[str] | None = None, name: str | None = None) ->
     """A validated ModelConfig: the published architecture `configs/model/NAME.yaml`
     (default genesis_v2) plus `key=value` overrides of its keys."""
     name = name or "genesis_v2"
-    cfg = _merge(OmegaConf.structured(TrainConfig), _group_file("model", name, find_config_dir()), f"model={name}")
+    cfg = merge_config(OmegaConf.structured(TrainConfig), _group_file("model", name, find_config_dir()), f"model={name}")
     cfg = _apply_dotlist(cfg, [f"model.{o}" for o in overrides or []])
     validate_model(cfg)
     OmegaConf.set_readonly(cfg, True)

@@ -34,11 +34,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, load_eval_config
-from .evaluation.discovery import CHECKPOINT_NAME, CheckpointInfo, CheckpointScanner, missed_steps, run_exists, run_finished
+from .config import load_eval_config
+from .evaluation.discovery import CheckpointInfo, CheckpointScanner, missed_steps, run_exists, run_finished
 from .evaluation.lease import EvalLease, LeaseBusy, LeaseLost
 from .evaluation.report import EvalReport
-from .storage import describe_failure, filesystem, warn_secrets_on_command_line
+from .command import run_command
+from .training.layout import checkpoint_step
+from .storage import filesystem, warn_secrets_on_command_line
 
 LEASE_BUSY_STATUS = 8
 
@@ -120,7 +122,7 @@ class Evaluation:
         """Warn (once per step) about checkpoints training deleted before they were evaluated."""
         lost = {step for name, step in self.scanner.vanished if step is not None and step not in done | busy}
         present = {c.step for c in found if c.step is not None}
-        present |= {int(c.name.split("_")[1]) for c in found if CHECKPOINT_NAME.match(c.name)}
+        present |= {checkpoint_step(c.name) for c in found if checkpoint_step(c.name) is not None}
         lost |= set(missed_steps(self.run_url, present, done, self.storage_options))
         lost -= self.warned_missing
         if lost:
@@ -270,22 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluation.published import compare_main
 
         return compare_main(argv[1:])
-    try:
-        overrides = _parse(argv)
+
+    def evaluate(args: list[str]) -> int:
+        overrides = _parse(args)
         warn_secrets_on_command_line("genesis_dist.evaluate", overrides)
         cfg = load_eval_config(overrides)
         _check(cfg)
         return Evaluation(cfg, log=lambda line: print(line, flush=True)).run()
-    except (ConfigError, EvaluationError) as err:
-        print(f"genesis_dist.evaluate: error: {err}", file=sys.stderr)
-        return 2
-    except (LeaseBusy, LeaseLost) as err:
-        print(f"genesis_dist.evaluate: error: {err}", file=sys.stderr)
-        return LEASE_BUSY_STATUS
-    except Exception as err:  # noqa: BLE001 - every failure ends in one line and a documented status
-        status, line = describe_failure(err)
-        print(f"genesis_dist.evaluate: error: {line}", file=sys.stderr)
-        return status
+
+    return run_command("genesis_dist.evaluate", evaluate, argv, usage_errors=(EvaluationError,),
+                       statuses={LeaseBusy: LEASE_BUSY_STATUS, LeaseLost: LEASE_BUSY_STATUS})
 
 
 if __name__ == "__main__":

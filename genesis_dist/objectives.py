@@ -23,6 +23,23 @@ def geco_step_size(img_size: int, base: float = 1e-5) -> float:
     return base * 64 * 64 / (img_size * img_size)
 
 
+def gaussian_nll(rmse: float, pixel_std: float) -> float:
+    """The Gaussian NLL `½ ln 2π + ln σ + r² / (2σ²)` (nats per pixel and channel) of a mean
+    that is off by `rmse` r at pixel σ `pixel_std`: what a GECO goal means at that σ."""
+    return 0.5 * math.log(2 * math.pi) + math.log(pixel_std) + rmse**2 / (2 * pixel_std**2)
+
+
+def goal_rmse(goal_per_pixel: float, pixel_std: float) -> float:
+    """The reconstruction RMSE (pixel units, images in [0, 1]) that a GECO goal in nats per
+    pixel and channel allows at pixel σ `pixel_std`, the inverse of `gaussian_nll`. Raises
+    ValueError when the goal is below a perfect reconstruction's NLL."""
+    excess = goal_per_pixel - 0.5 * math.log(2 * math.pi) - math.log(pixel_std)
+    if excess < 0:
+        raise ValueError(f"objective.goal={goal_per_pixel:g} is below the NLL of a perfect reconstruction at "
+                         f"pixel σ {pixel_std:g} ({goal_per_pixel - excess:.4f} nats per pixel and channel)")
+    return math.sqrt(2.0 * excess) * pixel_std
+
+
 def _global_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean over all ranks when torch.distributed is initialised (else unchanged)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

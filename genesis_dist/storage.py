@@ -1,5 +1,5 @@
 """Storage, the bottom floor: filesystems for any fsspec URL (local path, file://, s3://,
-gs://), URL joins, retries, the errors storage raises, and the pyarrow view Ray needs.
+gs://), URL joins, retries, and the errors storage raises.
 
 Filesystems are cached per process id and never shared across a fork (s3fs instances
 are not fork-safe, and DataLoader workers are forked). S3 endpoints and credentials come
@@ -156,31 +156,26 @@ def storage_errors(url: str) -> Iterator[None]:
     except (OSError, BotoCoreError, ClientError) as error:
         kind = next((k for k in map(classify, root_errors(error)) if k is not None), "failed")
         hint = f"; {CREDENTIALS_HINT}" if kind == "no_credentials" else ""
-        raise StorageError(f"{url}: {KIND_TEXT[kind]} ({type(error).__name__}: {_one_line(error)}){hint}",
+        raise StorageError(f"{url}: {KIND_TEXT[kind]} ({type(error).__name__}: {one_line(error)}){hint}",
                            kind) from None
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line (whitespace runs collapsed)."""
     return " ".join(str(error).split())
 
 
 def root_errors(error: BaseException) -> Iterator[BaseException]:
-    """`error` and every error it wraps: causes and contexts, and Ray's wrappers (a
-    TrainingFailedError's `worker_failures` and `controller_failure`, a worker's
-    `_base_exc`, a RayTaskError's `cause`), found by attribute so storage needs no Ray."""
+    """`error` and every error it was raised from or during (`__cause__`, `__context__`)."""
     seen: set[int] = set()
-    todo: list[BaseException] = [error]
+    todo: list[BaseException | None] = [error]
     while todo:
         current = todo.pop(0)
         if current is None or id(current) in seen or not isinstance(current, BaseException):
             continue
         seen.add(id(current))
         yield current
-        failures = getattr(current, "worker_failures", None)
-        if isinstance(failures, dict):
-            todo.extend(failures.values())
-        for name in ("_base_exc", "controller_failure", "cause", "__cause__", "__context__"):
-            todo.append(getattr(current, name, None))
+        todo += [current.__cause__, current.__context__]
 
 
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AccountProblem",
@@ -220,7 +215,7 @@ def classify(error: BaseException) -> str | None:
 
 
 def storage_failure(error: BaseException, url: str = "") -> StorageError | None:
-    """The storage failure behind `error` (searching everything it wraps, see `root_errors`)
+    """The storage failure behind `error` (searching its causes, see `root_errors`)
     as a one-line StorageError, or None when storage is not what failed. A StorageError
     found in the chain is returned as it is; otherwise the message names `url` when given."""
     found: list[tuple[str, BaseException]] = []
@@ -235,51 +230,7 @@ def storage_failure(error: BaseException, url: str = "") -> StorageError | None:
     kind, cause = found[0]
     where = f"{url}: " if url else ""
     hint = f"; {CREDENTIALS_HINT}" if kind == "no_credentials" else ""
-    return StorageError(f"{where}{KIND_TEXT[kind]} ({type(cause).__name__}: {_one_line(cause)}){hint}", kind)
-
-
-def ray_storage(url: str, storage_options: dict[str, Any] | None = None):
-    """(storage_path, storage_filesystem) for Ray's RunConfig.
-
-    Local paths go to Ray as absolute paths; remote URLs as a pyarrow view of the
-    same fsspec filesystem the rest of genesis-dist uses (so custom endpoints work).
-    """
-    if not is_remote(url):
-        return os.path.abspath(url.removeprefix("file://")), None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = filesystem(url, storage_options)
-    return path, PyFileSystem(FSSpecHandler(fs))
-
-
-def describe_failure(error: BaseException) -> tuple[int, str]:
-    """(exit status, one line) for a command that ends in `error`: a storage failure
-    anywhere in its chain gives that kind's status (EXIT_STATUS); anything else is status 1
-    with the first error in the chain that is not one of Ray's wrappers (a worker's own
-    exception rather than Ray's TrainingFailedError around it)."""
-    failure = storage_failure(error)
-    if failure is not None:
-        return failure.exit_status, str(failure)
-    chain = list(root_errors(error))
-    own = [e for e in chain if not type(e).__module__.startswith("ray.")]
-    if own:
-        text = _one_line(own[0])
-        return EXIT_STATUS["failed"], f"{type(own[0]).__name__}: {text[:400] + ' …' if len(text) > 400 else text}"
-    died = [e for e in chain if type(e).__name__ in _PROCESS_DIED]
-    if died:
-        return EXIT_STATUS["failed"], f"a worker process died ({type(died[0]).__name__}: {_first_line(died[0])})"
-    inner = [e for e in chain if type(e).__name__ not in _RAY_WRAPPERS] or chain
-    return EXIT_STATUS["failed"], f"{type(inner[0]).__name__}: {_first_line(inner[0])}"
-
-
-_PROCESS_DIED = {"WorkerHealthCheckFailedError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
-                 "WorkerCrashedError", "OutOfMemoryError", "ObjectLostError"}
-_RAY_WRAPPERS = {"TrainingFailedError", "WorkerGroupError", "ControllerError", "RayTaskError", "UserExceptionWithTraceback"}
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
+    return StorageError(f"{where}{KIND_TEXT[kind]} ({type(cause).__name__}: {one_line(cause)}){hint}", kind)
 
 
 # The AWS settings that may travel to Ray processes in a runtime environment: where the
@@ -338,11 +289,6 @@ def without_secrets(config: Any, options: bool = False) -> Any:
     """A copy of `config` without the secrets inside any `storage_options`: for files (a
     stored config then works with the standard credential chain, and holds no secret)."""
     return _walk_secrets(config, lambda v: ..., options)
-
-
-def has_secrets(config: Any, options: bool = False) -> bool:
-    """True when `config` holds a secret inside some `storage_options`."""
-    return without_secrets(config, options) != config
 
 
 def secrets_on_command_line(overrides: list[str]) -> list[str]:

@@ -33,16 +33,17 @@ run.max_failures restarts), 2 a usage or config error, 3 no credentials, 4 acces
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .command import run_command
 from .config import ConfigError, load_config
-from .storage import aws_environment, describe_failure, join, redacted, warn_secrets_on_command_line
-from .training.run_folder import only_generate_where_configured, prepare_run, with_absolute_paths
-from .training.worker import build_trainer
+from .storage import aws_environment, join, redacted, warn_secrets_on_command_line
+from .training.layout import FIGURES_FOLDER, TENSORBOARD_FOLDER, figure_name
+from .training.run_folder import only_generate_where_configured, prepare_run, run_url, with_absolute_paths
+from .training.worker import build_trainer, describe_failure
 
 
 
@@ -53,25 +54,22 @@ def _init_ray() -> None:
 
 
 def run(cfg: DictConfig):
-    """Train `cfg` to completion; returns Ray's Result (raises ConfigError for a
-    config that conflicts with an existing run of the same name)."""
+    """Train `cfg` (local paths absolute: `with_absolute_paths`) to completion; returns Ray's
+    Result (raises ConfigError for a config that conflicts with an existing run of the same name)."""
     cfg = prepare_run(cfg)
     _init_ray()
     return build_trainer(cfg).fit()
 
 
-def _report_failure(err: BaseException, cfg: DictConfig | None) -> int:
-    """Print one line for a failed command and return its exit status (module docstring)."""
+def failure_line(err: BaseException, cfg: DictConfig | None) -> tuple[int, str]:
+    """(exit status, the line after the command's name) for a failed run (module docstring)."""
     status, line = describe_failure(err)
     training_failed = type(err).__name__ in ("TrainingFailedError", "WorkerGroupError", "ControllerError")
     if training_failed and cfg is not None:
         attempts = cfg.run.max_failures + 1
-        line = (f"the run failed after {attempts} attempt{'s' * (attempts > 1)}: {line}; its checkpoints are in "
-                f"{join(cfg.run.storage_path, cfg.run.name)} (the same command resumes from the latest)")
-    else:
-        line = f"error: {line}"
-    print(f"genesis_dist.train: {line}", file=sys.stderr, flush=True)
-    return status
+        return status, (f"the run failed after {attempts} attempt{'s' * (attempts > 1)}: {line}; its checkpoints "
+                        f"are in {run_url(cfg)} (the same command resumes from the latest)")
+    return status, f"error: {line}"
 
 
 def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
@@ -123,30 +121,37 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    try:
-        cfg = None
-        overrides, config_file, print_only = _parse_args(argv)
+    composed: list[DictConfig] = []  # the config, once composed: a failed run's line names its folder
+
+    def train(args: list[str]) -> int:
+        overrides, config_file, print_only = _parse_args(args)
         warn_secrets_on_command_line("genesis_dist.train", overrides)
         cfg = with_absolute_paths(load_config(overrides, base_file=config_file))
+        composed.append(cfg)
         print(OmegaConf.to_yaml(redacted(OmegaConf.to_container(cfg))), flush=True)
         if print_only:
             return 0
         result = run(only_generate_where_configured(cfg, overrides))
-    except ConfigError as err:
-        print(f"genesis_dist.train: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - every failure ends in one line and a documented status
-        return _report_failure(err, cfg)
-    run_url = join(cfg.run.storage_path, cfg.run.name)
-    if result.error is not None:  # Ray Train V2 raises instead; kept for a Result that carries one
-        return _report_failure(result.error, cfg)
+        if result.error is not None:  # Ray Train V2 raises instead; kept for a Result that carries one
+            raise result.error
+        report_result(cfg, result)
+        return 0
+
+    return run_command("genesis_dist.train", train, list(argv),
+                       describe=lambda err: failure_line(err, composed[-1] if composed else None))
+
+
+def report_result(cfg: DictConfig, result) -> None:
+    """The last lines of a finished run: where its folder, TensorBoard events, latest
+    checkpoint and decomposition figure are, and its held-out numbers (`final_line`)."""
+    folder = run_url(cfg)
     final = result.metrics or {}
-    print(f"[genesis-dist] run folder: {run_url}  TensorBoard: tensorboard --logdir {join(run_url, 'tensorboard')}")
+    print(f"[genesis-dist] run folder: {folder}  TensorBoard: tensorboard --logdir {join(folder, TENSORBOARD_FOLDER)}")
     print(f"[genesis-dist] latest checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
     step = final.get("step")
-    figure = join(run_url, "figures", f"decomposition_{step:08d}.png") if isinstance(step, int) else join(run_url, "figures")
-    print(f"[genesis-dist] held-out ({final.get('eval_images', cfg.run.eval_images)} images): {final_line(final)} — open {figure}")
-    return 0
+    figure = join(folder, FIGURES_FOLDER, figure_name("decomposition", step) if isinstance(step, int) else "")
+    print(f"[genesis-dist] held-out ({final.get('eval_images', cfg.run.eval_images)} images): {final_line(final)} "
+          f"— open {figure.rstrip('/')}")
 
 
 if __name__ == "__main__":

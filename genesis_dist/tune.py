@@ -28,8 +28,11 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, differing_keys, load_config
-from .storage import aws_environment, describe_failure, filesystem, join, warn_secrets_on_command_line, without_secrets
+from .config import MAY_CHANGE_ON_RESUME, ConfigError, load_config
+from .storage import aws_environment, filesystem, join, warn_secrets_on_command_line, without_secrets
+from .training.run import storage_options as run_storage_options
+from .training.run_folder import stored_conflicts
+from .command import run_command
 
 DEFAULT_SPACE = "geco_kernels"
 SWEEP_FILE = "sweep.yaml"
@@ -54,7 +57,6 @@ def _parse(argv: list[str]) -> tuple[str, list[str], list[str]]:
 def plan(argv: list[str]):
     """Everything checked before Ray starts: (base training config, sweep config,
     dimensions, sweep folder URL). Generates the demo data if the config asks."""
-    from .data import read_manifest
     from .training.run_folder import ensure_dataset, only_generate_where_configured, with_absolute_paths
     from .tuning.space import check_metric, load_space_file, merge_sweep, resolve_space
 
@@ -66,26 +68,20 @@ def plan(argv: list[str]):
     dimensions = resolve_space(raw_space, base)
     if not sweep.name:
         sweep.name = f"tune-{space_name}-{base.run.name}"
-    ensure_dataset(base)
-    has_masks = bool(read_manifest(base.data.url, dict(base.data.storage_options)).get("has_mask", False))
-    check_metric(sweep.metric, base, has_masks)
+    check_metric(sweep.metric, base, ensure_dataset(base).has_mask)
     return base, sweep, dimensions, join(base.run.storage_path, sweep.name)
 
 
 def check_sweep_identity(sweep_url: str, record: dict, storage_options: dict | None) -> None:
     """A sweep folder keeps what it sweeps (`sweep.yaml`); re-running it with another
     space or base config is refused with one line naming what differs."""
-    fs, path = filesystem(join(sweep_url, SWEEP_FILE), storage_options)
-    if fs.exists(path):
-        stored = OmegaConf.to_container(OmegaConf.create(fs.cat_file(path).decode()))
-        ignore = tuple(f"base.{k}" for k in ("optim.steps",)) + ("sweep.max_concurrent_trials",)
-        from .config import MAY_CHANGE_ON_RESUME
-
-        ignore += tuple(f"base.{k}" for k in MAY_CHANGE_ON_RESUME)
-        conflicts = differing_keys(stored, record, ignore)
-        if conflicts:
-            raise ConfigError(f"sweep folder {sweep_url} holds another sweep (differs in {', '.join(conflicts[:4])}); "
-                              "set sweep.name to start a new one")
+    url = join(sweep_url, SWEEP_FILE)
+    ignore = ("sweep.max_concurrent_trials",) + tuple(f"base.{k}" for k in MAY_CHANGE_ON_RESUME)
+    _, conflicts = stored_conflicts(url, record, ignore, storage_options)
+    if conflicts:
+        raise ConfigError(f"sweep folder {sweep_url} holds another sweep (differs in {', '.join(conflicts[:4])}); "
+                          "set sweep.name to start a new one")
+    fs, path = filesystem(url, storage_options)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode())
 
@@ -135,21 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    try:
-        base, sweep, dimensions, sweep_url = plan(argv)
-        storage_options = dict(base.data.storage_options)
+
+    def tune(args: list[str]) -> int:
+        base, sweep, dimensions, sweep_url = plan(args)
+        storage_options = run_storage_options(base)
         record = {"base": without_secrets(OmegaConf.to_container(base, resolve=True)),
                   "sweep": OmegaConf.to_container(sweep, resolve=True),
                   "space": {d.key: {d.kind: list(d.values)} for d in dimensions}}
         check_sweep_identity(sweep_url, record, storage_options)
         return _run(base, sweep, dimensions, sweep_url, storage_options)
-    except ConfigError as err:
-        print(f"genesis_dist.tune: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - every failure ends in one line and a documented status
-        status, line = describe_failure(err)
-        print(f"genesis_dist.tune: error: {line}", file=sys.stderr)
-        return status
+
+    return run_command("genesis_dist.tune", tune, argv)
 
 
 def _run(base: DictConfig, sweep: DictConfig, dimensions, sweep_url: str, storage_options: dict) -> int:

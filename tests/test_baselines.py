@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from genesis_dist.models import MODEL_NAMES, NotGenerativeError, build_model, count_parameters, is_generative
+from genesis_dist.models import NotGenerativeError, build_model, count_parameters, is_generative
+from genesis_dist.schema import MODEL_NAMES
 from genesis_dist.models.blocks import UNet
 from genesis_dist.models.monet import MONetG, categorical_mask_kl
 from genesis_dist.models.slot_attention import SlotAttentionAutoEncoder, SlotAttentionModule, SlotDecoder
 from genesis_dist.models.vae import SingleLatentVAE
+from model_factory import make_model
 
 SIZE, SLOTS, BATCH = 32, 3, 2
 SINGLE_LATENT = ("bd_vae", "dc_vae")
@@ -26,7 +28,7 @@ def slots_of(name: str) -> int:
 
 def small_model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return build_model({"name": name, "img_size": SIZE, "num_slots": SLOTS})
+    return make_model(name, img_size=SIZE, num_slots=SLOTS)
 
 
 # --- the interface, over every model ---
@@ -115,7 +117,7 @@ def test_wrong_input_size_is_a_clear_error(name):
 @pytest.mark.parametrize("name", ["monet", "slot_attention", "bd_vae", "dc_vae"])
 def test_128_pixel_smoke(name):
     torch.manual_seed(0)
-    model = build_model({"name": name, "img_size": 128, "num_slots": 2})
+    model = make_model(name, img_size=128, num_slots=2)
     with torch.no_grad():
         out = model(torch.rand(1, 3, 128, 128))
     assert out.components.shape[-2:] == (128, 128)
@@ -128,29 +130,46 @@ def test_128_pixel_smoke(name):
 
 def test_parameter_counts_equal_the_published_implementations():
     for k in (3, 5, 7, 9, 10):
-        assert count_parameters(build_model({"name": "monet", "num_slots": k})) == 974_085
+        assert count_parameters(make_model("monet", num_slots=k)) == 974_085
         # Slot Attention at the paper's Multi-dSprites architecture (README table):
         # 312,256 encoder CNN + 8,768 position/LayerNorm/MLP + 54,336 slot attention + 103,972 decoder.
-        assert count_parameters(build_model({"name": "slot_attention", "num_slots": k})) == 479_332
-    assert count_parameters(build_model({"name": "bd_vae"})) == 9_143_747
-    assert count_parameters(build_model({"name": "dc_vae"})) == 11_549_091
+        assert count_parameters(make_model("slot_attention", num_slots=k)) == 479_332
+    assert count_parameters(make_model("bd_vae")) == 9_143_747
+    assert count_parameters(make_model("dc_vae")) == 11_549_091
 
 
 def test_single_latent_vaes_have_no_batch_norm():
     # The authors' baseline VAEs build the gated layers without normalisation.
     for name in SINGLE_LATENT:
-        model = build_model({"name": name})
+        model = make_model(name)
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def test_build_model_makes_each_baseline():
-    assert isinstance(build_model({"name": "monet", "num_slots": 4}), MONetG)
-    assert isinstance(build_model({"name": "slot_attention", "num_slots": 4}), SlotAttentionAutoEncoder)
-    bd, dc = build_model({"name": "bd_vae"}), build_model({"name": "dc_vae"})
+    assert isinstance(make_model("monet", num_slots=4), MONetG)
+    assert isinstance(make_model("slot_attention", num_slots=4), SlotAttentionAutoEncoder)
+    bd, dc = make_model("bd_vae"), make_model("dc_vae")
     assert isinstance(bd, SingleLatentVAE) and isinstance(dc, SingleLatentVAE)
     assert type(bd.decoder).__name__ == "BroadcastRGBDecoder" and type(dc.decoder).__name__ == "GatedDecoder"
-    with pytest.raises(ValueError, match="unknown model 'monet_g'.*slot_attention"):
-        build_model({"name": "monet_g"})
+    with pytest.raises(ValueError, match="model=monet_g: no such config; available: .*slot_attention"):
+        make_model("monet_g")
+    with pytest.raises(TypeError, match="takes a validated ModelConfig"):
+        build_model({"name": "monet"})
+
+
+def test_every_model_builds_from_the_schema_alone_and_from_its_yaml():
+    """One source of values: the schema builds every model (torch-only code does this), and
+    each configs/model/NAME.yaml states the published architecture's exact parameter count."""
+    from genesis_dist.schema import ModelConfig
+
+    published = {"genesis_v2": 2_729_422, "genesis": 12_620_548, "genesis_s": 12_207_236, "monet": 974_085,
+                 "slot_attention": 479_332, "bd_vae": 9_143_747, "dc_vae": 11_549_091}
+    for name in MODEL_NAMES:
+        assert count_parameters(build_model(ModelConfig(name=name))) > 0
+        assert count_parameters(make_model(name)) == published[name], name
+    # The schema's defaults are GENESIS-V2's and GENESIS's published values.
+    for name in ("genesis_v2", "genesis"):
+        assert count_parameters(build_model(ModelConfig(name=name))) == published[name]
 
 
 # --- MONet-G against float64 re-derivations ---
@@ -158,7 +177,7 @@ def test_build_model_makes_each_baseline():
 
 def test_monet_attention_masks_follow_the_recurrent_stick_breaking():
     torch.manual_seed(0)
-    model = MONetG(img_size=SIZE, num_slots=4).double()
+    model = make_model("monet", img_size=SIZE, num_slots=4).double()
     x = torch.rand(2, 3, SIZE, SIZE, dtype=torch.float64)
     log_masks = model.attention_masks(x)
     # Probability space, step by step: α_k from the network on [x, log s], m_k = s α_k, s ← s (1 − α_k).
@@ -174,7 +193,7 @@ def test_monet_attention_masks_follow_the_recurrent_stick_breaking():
 
 def test_monet_err_and_kl_match_float64_recomputations():
     torch.manual_seed(0)
-    model = MONetG(img_size=SIZE, num_slots=3).double()
+    model = make_model("monet", img_size=SIZE, num_slots=3).double()
     x = torch.rand(2, 3, SIZE, SIZE, dtype=torch.float64)
     torch.manual_seed(1)
     out = model(x)
@@ -241,7 +260,7 @@ def test_instance_norm_unet_normalises_each_channel_like_instance_norm():
 @pytest.mark.parametrize("name", SINGLE_LATENT)
 def test_vae_err_is_the_gaussian_nll_and_kl_the_standard_normal_estimate(name):
     torch.manual_seed(0)
-    model = build_model({"name": name, "img_size": SIZE}).double()
+    model = make_model(name, img_size=SIZE).double()
     x = torch.rand(2, 3, SIZE, SIZE, dtype=torch.float64)
     torch.manual_seed(3)
     out = model(x)
@@ -310,7 +329,7 @@ def test_slot_attention_module_matches_algorithm_1():
 
 def test_slot_attention_err_is_the_per_image_mean_squared_error():
     torch.manual_seed(0)
-    model = SlotAttentionAutoEncoder(img_size=SIZE, num_slots=3).double()
+    model = make_model("slot_attention", img_size=SIZE, num_slots=3).double()
     x = torch.rand(2, 3, SIZE, SIZE, dtype=torch.float64)
     out = model(x)
     recon = (out.log_masks.exp() * out.components).sum(1).detach().numpy()
@@ -385,9 +404,10 @@ def test_mse_objective_is_the_mean_error_and_ignores_the_kl():
 def test_one_training_step_of_the_shared_loop(name):
     from genesis_dist.objectives import GECO, MSE, geco_goal, geco_step_size
     from genesis_dist.training.loop import train_step
+    from genesis_dist.training.objective import TrainingObjective
 
     model = small_model(name)
-    objective = MSE() if name == "slot_attention" else GECO(geco_goal(0.5655, SIZE), geco_step_size(SIZE))
+    objective = TrainingObjective(MSE() if name == "slot_attention" else GECO(geco_goal(0.5655, SIZE), geco_step_size(SIZE)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     before = [p.detach().clone() for p in model.parameters()]
     metrics = train_step(model, objective, optimizer, torch.rand(4, 3, SIZE, SIZE), channels_last=True)

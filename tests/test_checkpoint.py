@@ -8,11 +8,11 @@ import torch
 from genesis_dist.training.checkpoint import (
     CheckpointError, load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state,
 )
-from genesis_dist.models import GenesisV2
+from model_factory import make_model
 
 
 def _state():
-    model = GenesisV2(img_size=16, num_slots=3, encoder_filters=8, head_filters=8, decoder_filters=8)
+    model = make_model("genesis_v2", img_size=16, num_slots=3, encoder_filters=8, head_filters=8, decoder_filters=8)
     opt = torch.optim.Adam(model.parameters())
     model(torch.rand(2, 3, 16, 16)).err.mean().backward()
     opt.step()
@@ -24,7 +24,7 @@ def test_round_trip_restores_model_and_optimiser(tmp_path):
     save_checkpoint(str(tmp_path / "c"), state, {"step": 7})
     loaded, meta = load_checkpoint(str(tmp_path / "c"))
     assert meta["step"] == 7 and len(meta["sha256"]) == 64
-    fresh = GenesisV2(img_size=16, num_slots=3, encoder_filters=8, head_filters=8, decoder_filters=8)
+    fresh = make_model("genesis_v2", img_size=16, num_slots=3, encoder_filters=8, head_filters=8, decoder_filters=8)
     fresh.load_state_dict(loaded["model"])
     for a, b in zip(fresh.parameters(), model.parameters()):
         assert torch.equal(a, b)

@@ -107,7 +107,6 @@ def test_resume_conflicts_name_what_changes_the_run():
         (["curriculum.colour_hint=-1"], r"curriculum\.colour_hint=-1.*must be ≥ 0"),
         (["curriculum.colour_hint_scale=0"], r"curriculum\.colour_hint_scale=0.*must be > 0"),
         (["curriculum.pixel_std_from=0.4", "objective.goal=-1"], r"objective\.goal=-1 is below the NLL"),
-        (["optim.compile=true"], r"optim\.compile=true with a curriculum"),
     ],
 )
 def test_mistakes_are_one_line_errors_naming_the_key(overrides, pattern):

@@ -1,6 +1,7 @@
 """The training curriculum (training/curriculum.py) and GENESIS-V2's mask guidance:
 schedules against their formulas, GECO's goal against scipy's Gaussian NLL, the guidance
-KL against torch.distributions, the colour-affinity loss against numpy, the penalty's weight in the loss, and the hook in `fit`."""
+KL against torch.distributions, the colour-affinity loss against numpy, and the training
+objective that adds them outside the model (training/objective.py), compiled or not."""
 import math
 
 import numpy as np
@@ -9,11 +10,13 @@ import torch
 from scipy.stats import norm
 
 from genesis_dist.config import load_config
-from genesis_dist.models import GenesisV2
-from genesis_dist.models.genesis_v2 import colour_affinity_loss, mask_consistency_kl, mask_guidance_kl
-from genesis_dist.objectives import GECO, geco_goal
+from genesis_dist.models import build_model
+from genesis_dist.models.genesis_v2 import mask_consistency_kl
+from genesis_dist.models.mixture import mixture_nll
+from genesis_dist.objectives import geco_goal, goal_rmse
 from genesis_dist.training import curriculum
-from genesis_dist.training.loop import Hook, TrainState, fit, make_objective, seed_everything, train_step
+from genesis_dist.training.loop import Hook, TrainState, fit, seed_everything, train_step
+from genesis_dist.training.objective import colour_affinity_loss, make_objective, mask_guidance_kl
 
 SCHEDULE = ["curriculum.pixel_std_from=0.7", "model.pixel_std=0.3", "curriculum.pixel_std_steps=[10,20]",
             "curriculum.mask_guidance=0.5", "curriculum.mask_guidance_steps=[4,8]", "objective.goal=0.5655",
@@ -42,7 +45,7 @@ def test_geco_goal_keeps_its_rmse_as_sigma_falls():
     from scipy.optimize import brentq
 
     r = brentq(lambda r: -norm.logpdf(r, 0, 0.7) - 0.5655, 0.0, 0.5)
-    assert curriculum.goal_rmse(0.5655, 0.7) == pytest.approx(r, rel=1e-9)
+    assert goal_rmse(0.5655, 0.7) == pytest.approx(r, rel=1e-9)
     assert r == pytest.approx(0.0563, abs=1e-4)
     for step in (1, 10, 13, 15, 20, 30):
         sigma = curriculum.pixel_std_at(cfg, step)
@@ -135,42 +138,100 @@ def test_mask_kls_are_the_categorical_kl_and_move_only_their_own_masks(kl_of, mo
     assert fixed.grad is None and moved.grad.abs().sum() > 0
 
 
-def test_the_penalty_adds_to_the_loss_unweighted_by_beta():
+def tiny_cfg(*extra):
+    return load_config(SCHEDULE + ["model.img_size=32", "model.num_slots=3", "model.encoder_filters=16",
+                                   "model.head_filters=16", "model.decoder_filters=16", *extra])
+
+
+def test_the_aids_add_to_the_loss_unweighted_by_beta_and_the_model_knows_nothing_of_them():
+    cfg = tiny_cfg("objective.beta_init=1e-3")
     seed_everything(0)
-    model = GenesisV2(img_size=32, num_slots=3, encoder_filters=16, head_filters=16, decoder_filters=16)
-    objective = GECO(goal=geco_goal(0.5655, 32), step_size=1e-5, beta_init=1e-3)
+    model = build_model(cfg.model)
+    objective = make_objective(cfg, model)
     images = torch.rand(4, 3, 32, 32)
-    model.mask_guidance = 0.3
-    model.colour_hint = 0.5
     torch.manual_seed(1)
-    m = {k: float(v) for k, v in train_step(model, objective, torch.optim.SGD(model.parameters(), lr=0.0), images).items()}
+    m = {k: float(v) for k, v in train_step(model, objective, torch.optim.SGD(model.parameters(), lr=0.0), images,
+                                            step=7).items()}
     assert m["mask_guidance"] > 0 and m["colour_hint"] > 0
     assert m["loss"] == pytest.approx(m["err"] + 1e-3 * m["kl"] + m["mask_guidance"] + m["colour_hint"], rel=1e-6)
-    model.eval()
-    assert not model(images).penalties  # a training aid only
+    # The terms are the aids at their scheduled weights (SCHEDULE at step 7: guidance 0.5 · (1 − 3/4),
+    # colour hint 2.0 · (1 − 1/10)), computed from what the model returned.
+    with torch.no_grad():
+        out = model(images)
+        torch.manual_seed(2)
+        _, _, _, terms = objective.loss(images, out, 7)
+        torch.manual_seed(2)
+        hint = colour_affinity_loss(out.embeddings, images, model.icsbp.similarity, 3.0)
+    assert torch.allclose(terms["mask_guidance"], 0.125 * mask_guidance_kl(out.log_att_masks, out.log_masks))
+    assert torch.allclose(terms["colour_hint"], 1.8 * hint)
+    assert not hasattr(model, "mask_guidance") and not hasattr(model, "colour_hint") and model.pixel_std == 0.3
 
 
-def test_fit_applies_the_schedule_at_every_step():
-    cfg = load_config(SCHEDULE + ["model.img_size=32", "model.num_slots=3", "model.encoder_filters=16",
-                                  "model.head_filters=16", "model.decoder_filters=16"])
+def test_sigma_anneal_scores_the_mixture_at_the_scheduled_sigma_and_moves_gecos_goal():
+    """err at step s is the mixture NLL of the model's own masks and components at
+    pixel_std_at(s) (models/mixture.py), and GECO's goal is goal_at(s)."""
+    cfg = tiny_cfg()
     seed_everything(0)
-    model = GenesisV2(img_size=32, num_slots=3, encoder_filters=16, head_filters=16, decoder_filters=16, pixel_std=0.3)
-    state = TrainState(model, make_objective(cfg.objective, 32), torch.optim.Adam(model.parameters(), lr=1e-4))
+    model = build_model(cfg.model).eval()
+    objective = make_objective(cfg, model)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(images)
+        for step in (1, 15, 30):
+            _, err, _, _ = objective.loss(images, out, step)
+            sigma = curriculum.pixel_std_at(cfg, step)
+            assert torch.allclose(err, mixture_nll(images, out.log_masks, out.components, sigma))
+            assert objective.base.goal == pytest.approx(geco_goal(curriculum.goal_at(cfg, step), 32))
+    assert not torch.allclose(objective.loss(images, out, 1)[1], out.err)  # σ 0.7, not the model's 0.3
+    assert torch.allclose(objective.loss(images, out, 30)[1], out.err)
+
+
+def test_fit_evaluates_the_schedule_at_every_step():
+    cfg = tiny_cfg()
+    seed_everything(0)
+    model = build_model(cfg.model)
+    state = TrainState(model, make_objective(cfg, model), torch.optim.Adam(model.parameters(), lr=1e-4))
     seen = []
 
     class Watch(Hook):
-        def before_step(self, state, step):
-            seen.append((step, state.module.pixel_std, state.module.mask_guidance, state.objective.goal,
-                         state.module.colour_hint, state.module.colour_hint_scale))
+        def after_step(self, state, metrics):
+            seen.append((state.step, state.objective.base.goal))
 
     def batches():
         while True:
             yield torch.rand(2, 3, 32, 32)
 
-    fit(state, batches(), 22, [curriculum.Curriculum(cfg), Watch()])
-    for step, sigma, weight, goal, hint, scale in seen:
-        assert sigma == pytest.approx(curriculum.pixel_std_at(cfg, step))
-        assert weight == pytest.approx(curriculum.mask_guidance_at(cfg, step))
-        assert hint == pytest.approx(curriculum.colour_hint_at(cfg, step)) and scale == 3.0
+    fit(state, batches(), 22, [Watch()])
+    for step, goal in seen:
         assert goal == pytest.approx(geco_goal(curriculum.goal_at(cfg, step), 32))
-    assert seen[0][1] == 0.7 and seen[-1][1] == pytest.approx(0.3) and seen[-1][2] == 0.0
+    assert [s for s, _ in seen] == list(range(1, 23))
+
+
+def test_a_compiled_model_trains_a_curriculum_step_as_the_eager_one_does():
+    """optim.compile=true with every aid on: the forward takes no schedule, so compiling it
+    changes nothing of the step (CPU, float32). Inductor draws its own random numbers unless
+    told to fall back to eager's (`fallback_random`), which lets the two steps see the same noise."""
+    import torch._inductor.config as inductor
+
+    cfg = tiny_cfg("optim.compile=true")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    results = []
+    torch._dynamo.reset()
+    inductor.fallback_random = True
+    for compiled in (False, True):
+        seed_everything(0)
+        model = build_model(cfg.model)
+        objective = make_objective(cfg, model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        trained = torch.compile(model) if compiled else model
+        torch.manual_seed(11)
+        metrics = train_step(trained, objective, optimizer, images, step=5)
+        results.append(({k: float(v) for k, v in metrics.items()},
+                        torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    (eager, eager_grad), (comp, comp_grad) = results
+    assert set(eager) == set(comp) and {"mask_guidance", "colour_hint"} <= set(eager)
+    for key in eager:
+        assert comp[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
+    # The whole gradient (Adam's first step would magnify float noise in tiny components).
+    assert eager_grad.shape == comp_grad.shape
+    assert float((comp_grad - eager_grad).norm() / eager_grad.norm()) < 1e-4

@@ -5,7 +5,6 @@ a training step never reads a tensor back to the host except on steps whose metr
 hook asked for; the torch.compile path computes the eager step."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -13,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from genesis_dist.config import load_config
-from genesis_dist.training.loop import Hook, TrainState, fit, train_step
-from genesis_dist.training.run import build_state
+from genesis_dist.training.loop import Hook, fit, train_step
+from genesis_dist.training.run import RankPlan, build_state
 from genesis_dist.training.sync_batchnorm import CrossRankBatchNorm2d, sync_batchnorm
 
 TINY_V2 = ["model.img_size=16", "model.num_slots=3", "model.encoder_filters=8", "model.head_filters=8",
@@ -43,7 +42,7 @@ def _without_noise():
 
 def _step(overrides: list[str], images: torch.Tensor, world: int, sync: bool) -> dict[str, torch.Tensor]:
     cfg = load_config(overrides + ["optim.channels_last=false"])
-    state = build_state(cfg, torch.device("cpu"), world)
+    state = build_state(cfg, RankPlan.of(cfg, 0, world, torch.device("cpu")))
     model = state.model.double()
     if world > 1:
         if sync:
@@ -157,7 +156,7 @@ def _fit_counting_reads(step_fn=None) -> dict[int, list[str]]:
     import genesis_dist.training.loop as loop
 
     cfg = load_config(TINY_V2)
-    state = build_state(cfg, torch.device("cpu"))
+    state = build_state(cfg, RankPlan.single(cfg, torch.device("cpu")))
     batches = iter(lambda: torch.rand(2, 3, 16, 16), None)
 
     def adam_step_counter(tensor):
@@ -211,7 +210,7 @@ def test_compiled_step_equals_eager_step_on_cpu():
     results = []
     for compiled in (False, True):
         cfg = load_config(TINY_V2 + ["optim.channels_last=false"])
-        state = build_state(cfg, torch.device("cpu"))
+        state = build_state(cfg, RankPlan.single(cfg, torch.device("cpu")))
         optimizer = torch.optim.SGD(state.module.parameters(), lr=1e-2)  # differences stay proportional
         model = torch.compile(state.model) if compiled else state.model
         before = {n: p.detach().clone() for n, p in state.module.named_parameters()}

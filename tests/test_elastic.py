@@ -11,7 +11,7 @@ import pytest
 
 from genesis_dist.config import ConfigError, load_config, worker_range
 from genesis_dist.data import make_loader
-from genesis_dist.data.plan import EpochOrder, length, merge, phase_batches, plan_epoch, prefix
+from genesis_dist.data.plan import EpochOrder, merge, phase_batches, plan_epoch, prefix
 from genesis_dist.data.reader import read_shard
 from genesis_dist.data.manifest import read_manifest, split_shards
 
@@ -98,10 +98,11 @@ def test_the_epoch_sequence_is_a_permutation_that_depends_on_seed_and_epoch_only
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     """Multi-dSprites train: 240 images in 6 shards of 40."""
-    from genesis_dist.data.formats import multi_dsprites
+    from genesis_dist.data.convert import convert_dataset
+    from genesis_dist.data.formats.multi_dsprites import MultiDSprites
 
     out = str(tmp_path_factory.mktemp("elastic") / "shards")
-    multi_dsprites.convert(out, sizes={"train": 240}, img_size=32, shard_samples=40, progress=False)
+    convert_dataset(MultiDSprites({"train": 240}, img_size=32), out, shard_samples=40, progress=False)
     return out
 
 

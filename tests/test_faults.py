@@ -33,6 +33,7 @@ from genesis_dist.data.reader import SampleCorrupt, ShardCorrupt, decode_sample,
 from genesis_dist.storage import EXIT_STATUS  # noqa: E402
 from genesis_dist.train import main as train_main  # noqa: E402
 from genesis_dist.training.checkpoint import best_checkpoint_url, load_checkpoint  # noqa: E402
+from genesis_dist.training.worker import KILL_AT_STEP_VARIABLE  # noqa: E402
 
 STEPS = 8
 COMMON = TINY + [f"optim.steps={STEPS}", "run.max_failures=0"]
@@ -75,10 +76,11 @@ def cluster(s3_server):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """Multi-dSprites at 32 px: 96 train images in 6 shards of 16, 16 test images."""
-    from genesis_dist.data.formats import multi_dsprites
+    from genesis_dist.data.convert import convert_dataset
+    from genesis_dist.data.formats.multi_dsprites import MultiDSprites
 
     folder = tmp_path_factory.mktemp("data") / "shards"
-    multi_dsprites.convert(str(folder), sizes={"train": 96, "test": 16}, img_size=32, shard_samples=16,
+    convert_dataset(MultiDSprites({"train": 96, "test": 16}, img_size=32), str(folder), shard_samples=16,
                            progress=False)
     return folder
 
@@ -240,8 +242,8 @@ def test_a_sigkilled_driver_is_resumed_by_the_rerun_and_loses_only_steps_since_t
 @pytest.mark.slow  # tests/test_train.py runs the same fault in the default suite; this one times the recovery
 def test_a_sigkilled_worker_is_replaced_and_the_run_completes(cluster, shards, tmp_path):
     driver = Driver("train", COMMON + [f"data.url={shards}", f"run.storage_path={tmp_path}", "run.name=worker",
-                                       "scaling.num_workers=2", "optim.steps=6", "run.kill_at_step=3",
-                                       "run.max_failures=1"], cluster)
+                                       "scaling.num_workers=2", "optim.steps=6", "run.max_failures=1"],
+                    {**cluster, KILL_AT_STEP_VARIABLE: "3"})
     assert driver.finish() == 0, driver.tail()
     assert (tmp_path / "worker" / "injected_failure").read_text() == "3"
     assert sorted(history(tmp_path / "worker")) == list(range(1, 7))

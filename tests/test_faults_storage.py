@@ -277,10 +277,11 @@ def test_a_typed_data_url_without_data_is_an_error_not_a_new_dataset(tmp_path):
 
 def test_a_storage_failure_in_a_data_loading_process_keeps_its_kind(s3_server):
     from genesis_dist.data import make_loader
-    from genesis_dist.data.formats import multi_dsprites
+    from genesis_dist.data.convert import convert_dataset
+    from genesis_dist.data.formats.multi_dsprites import MultiDSprites
 
     bucket = s3_server.create_bucket("loader-kind")
-    multi_dsprites.convert(f"{bucket}/mds", sizes={"train": 16, "test": 8}, img_size=32, shard_samples=8,
+    convert_dataset(MultiDSprites({"train": 16, "test": 8}, img_size=32), f"{bucket}/mds", shard_samples=8,
                            storage_options=s3_server.storage_options, progress=False)
     with FaultyS3(s3_server) as proxy:
         proxy.add(Fault("GET", "/mds/train/", "503", times=None))

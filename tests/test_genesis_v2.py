@@ -6,17 +6,18 @@ import torch
 from genesis_dist.models import GenesisV2, build_model, count_parameters
 from genesis_dist.models.blocks import coordinate_grid
 from genesis_dist.models.mixture import mixture_nll
+from model_factory import make_model
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return GenesisV2(img_size=64, num_slots=5)
+    return make_model("genesis_v2", img_size=64, num_slots=5)
 
 
 def test_parameter_count_matches_the_published_model():
     for k in (5, 7, 9):
-        assert count_parameters(GenesisV2(img_size=64, num_slots=k)) == 2_729_422
+        assert count_parameters(make_model("genesis_v2", img_size=64, num_slots=k)) == 2_729_422
 
 
 def test_output_shapes_and_masks_sum_to_one(model):
@@ -52,7 +53,7 @@ def test_embeddings_equal_pixel_coordinates_at_initialisation(model):
 
 def test_every_parameter_receives_a_gradient():
     torch.manual_seed(0)
-    model = GenesisV2(img_size=32, num_slots=4, mask_loss=True)
+    model = make_model("genesis_v2", img_size=32, num_slots=4, mask_loss=True)
     # At initialisation the gate g = 0 blocks the gradient of the embedding conv
     # by design; open it as one optimiser step would.
     with torch.no_grad():
@@ -82,7 +83,7 @@ def test_features_concatenate_slot_posterior_means(model):
 
 def test_flexible_stop_in_eval_mode_masks_unused_slots():
     torch.manual_seed(0)
-    model = GenesisV2(img_size=32, num_slots=6).eval()
+    model = make_model("genesis_v2", img_size=32, num_slots=6).eval()
     x = torch.zeros(2, 3, 32, 32)
     out = model(x, stop_pixels=50.0)
     assert (out.num_slots <= 6).all()
@@ -96,7 +97,7 @@ def test_flexible_stop_in_eval_mode_masks_unused_slots():
 @pytest.mark.parametrize("kernel", ["gaussian", "laplacian", "epanechnikov"])
 def test_kernels_train_without_nans(kernel):
     torch.manual_seed(0)
-    model = GenesisV2(img_size=32, num_slots=4, kernel=kernel)
+    model = make_model("genesis_v2", img_size=32, num_slots=4, kernel=kernel)
     out = model(torch.rand(2, 3, 32, 32))
     (out.err + out.kl).mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -104,7 +105,7 @@ def test_kernels_train_without_nans(kernel):
 
 def test_bf16_autocast_forward_backward_is_finite():
     torch.manual_seed(0)
-    model = GenesisV2(img_size=32, num_slots=4)
+    model = make_model("genesis_v2", img_size=32, num_slots=4)
     x = torch.rand(2, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
@@ -115,7 +116,7 @@ def test_bf16_autocast_forward_backward_is_finite():
 
 
 def test_double_precision_input_runs_in_double():
-    model = GenesisV2(img_size=32, num_slots=3).double()
+    model = make_model("genesis_v2", img_size=32, num_slots=3).double()
     out = model(torch.rand(1, 3, 32, 32, dtype=torch.float64))
     assert out.recon.dtype == out.err.dtype == out.log_att_masks.dtype == torch.float64
     assert torch.isfinite(out.err).all()

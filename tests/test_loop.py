@@ -7,20 +7,20 @@ import pytest
 import torch
 
 from genesis_dist.config import ObjectiveConfig, load_config
-from genesis_dist.models import GenesisV2
 from genesis_dist.objectives import GECO
 from genesis_dist.training.run_folder import ensure_dataset
-from genesis_dist.training.loop import (Hook, MetricWindow, TrainState, fit, lr_factor, make_objective,
-                                        make_optimizer, seed_everything, train_step)
+from genesis_dist.training.loop import Hook, MetricWindow, TrainState, fit, lr_factor, make_optimizer, seed_everything, train_step
+from genesis_dist.training.objective import TrainingObjective, base_objective
 from genesis_dist.training.run import publish_to_run_folder, train_rank
 from genesis_dist.training.checkpoint import load_checkpoint
+from model_factory import make_model
 from tiny_config import TINY
 
 
 def _setup(seed=0):
     seed_everything(seed)
-    model = GenesisV2(img_size=32, num_slots=3, encoder_filters=16, head_filters=16, decoder_filters=16)
-    objective = make_objective(ObjectiveConfig(), 32)
+    model = make_model("genesis_v2", img_size=32, num_slots=3, encoder_filters=16, head_filters=16, decoder_filters=16)
+    objective = TrainingObjective(base_objective(ObjectiveConfig(), 32))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     return model, objective, optimizer
 
@@ -33,13 +33,13 @@ def _batches(seed):
 
 def test_step_reports_nats_and_updates_geco_beta():
     model, objective, optimizer = _setup()
-    assert isinstance(objective, GECO)
-    assert objective.goal == pytest.approx(0.5655 * 3 * 32 * 32)
+    assert isinstance(objective.base, GECO)
+    assert objective.base.goal == pytest.approx(0.5655 * 3 * 32 * 32)
     before = [p.detach().clone() for p in model.parameters()]
     m = {k: float(v) for k, v in train_step(model, objective, optimizer, torch.rand(4, 3, 32, 32)).items()}
     assert set(m) >= {"loss", "err", "kl", "elbo", "beta", "grad_norm"}
     assert m["elbo"] == pytest.approx(-(m["err"] + m["kl"]), rel=1e-5)
-    assert objective.err_ema == pytest.approx(m["err"])
+    assert objective.base.err_ema == pytest.approx(m["err"])
     assert m["beta"] == objective.beta != 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 

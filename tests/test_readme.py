@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from genesis_dist import train as train_cli
 from genesis_dist.config import load_config, load_eval_config
 from genesis_dist.training.loop import train_step
-from genesis_dist.training.run import build_state
+from genesis_dist.training.run import RankPlan, build_state
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -88,7 +88,7 @@ def test_each_readme_training_command_trains_what_it_says(args, tmp_path, monkey
     got = (cfg.model.name, cfg.model.img_size, cfg.model.num_slots, cfg.objective.goal, cfg.optim.steps, cfg.run.name)
     assert got == (model, size, slots, goal, steps, name)
     # The model builds and takes one training step (fp32 on the CPU) on tiny generated data.
-    state = build_state(cfg, torch.device("cpu"))
+    state = build_state(cfg, RankPlan.single(cfg, torch.device("cpu")))
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     metrics = train_step(state.model, state.objective, state.optimizer, images, channels_last=cfg.optim.channels_last)
     assert torch.isfinite(metrics["loss"])

@@ -4,7 +4,6 @@ is the driver-SIGKILL row of tests/test_faults.py; without Ray, tests/test_loop.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from tiny_config import TINY  # noqa: E402
 from genesis_dist.training.checkpoint import load_checkpoint  # noqa: E402
 from genesis_dist.config import load_config  # noqa: E402
 from genesis_dist.training.run_folder import ensure_dataset  # noqa: E402
-from genesis_dist.training.worker import build_trainer  # noqa: E402
+from genesis_dist.training.worker import KILL_AT_STEP_VARIABLE, build_trainer  # noqa: E402
 from genesis_dist.training.hooks import parameters_digest  # noqa: E402
 from genesis_dist.models import build_model  # noqa: E402
 
@@ -67,9 +66,9 @@ def test_two_workers_keep_identical_parameters_and_beta(ray_cluster, shards, tmp
     assert state["objective"]["beta"] == ranks[0]["beta"]
 
 
-def test_run_survives_a_sigkilled_worker(ray_cluster, shards, tmp_path):
-    cfg = _config(shards, tmp_path, "killed", "scaling.num_workers=2", "optim.steps=6",
-                  "run.kill_at_step=3", "run.max_failures=1")
+def test_run_survives_a_sigkilled_worker(ray_cluster, shards, tmp_path, monkeypatch):
+    cfg = _config(shards, tmp_path, "killed", "scaling.num_workers=2", "optim.steps=6", "run.max_failures=1")
+    monkeypatch.setenv(KILL_AT_STEP_VARIABLE, "3")  # read when the trainer is built
     result = build_trainer(cfg).fit()
     assert result.error is None
     assert (tmp_path / "killed" / "injected_failure").read_text() == "3"

@@ -8,9 +8,9 @@ Converters (one per dataset) live in `genesis_dist.data.formats`; `tools/shard.p
 """
 from .errors import CorruptDataError, DataError, SourceError, StorageError
 from .loader import ShardLoader, make_loader
-from .manifest import read_manifest
+from .manifest import ShardSet, read_manifest
 
 __all__ = [
     "CorruptDataError", "DataError", "ShardLoader", "SourceError", "StorageError",
-    "make_loader", "read_manifest",
+    "ShardSet", "make_loader", "read_manifest",
 ]

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 from torch.utils.data import DataLoader
 
 from .errors import CorruptDataError, DataError, StorageError
-from .manifest import read_manifest, split_shards
+from .manifest import ShardSet, split_shards
 from .plan import Interval, batches_per_epoch, merge, phase_batches, prefix
 from .stream import EVENTS, POSITION, EpochStream, Layout
 
@@ -188,11 +188,12 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
-def make_loader(url: str, split: str, batch_size: int, *, rank: int | None = None, world_size: int | None = None,
+def make_loader(data: str | ShardSet, split: str, batch_size: int, *, rank: int | None = None, world_size: int | None = None,
                 num_workers: int = 2, seed: int = 0, shuffle_buffer: int = 1000, drop_last: bool = True,
                 storage_options: dict[str, Any] | None = None, max_corrupt: int = 10, timeout: float = 300.0,
                 pin_memory: bool = False) -> ShardLoader:
-    """A loader over split `split` of the shard set at `url` (local path, file://, s3://, gs://).
+    """A loader over split `split` of the shard set `data`: a URL (local path, file://, s3://,
+    gs://; read with `storage_options`) or an opened `ShardSet`.
 
     Yields dicts: "image" float [B,3,H,W] in [0,1]; "mask" long [B,H,W] (0 = background;
     only when the shard set has masks); "meta" list of dicts; "key" list of str.
@@ -224,9 +225,9 @@ def make_loader(url: str, split: str, batch_size: int, *, rank: int | None = Non
         raise DataError(f"rank {rank} is outside world_size {world_size}")
     if batch_size < 1:
         raise DataError(f"batch_size must be ≥ 1, got {batch_size}")
-    manifest = read_manifest(url, storage_options)
-    shards = tuple(split_shards(manifest, url, split))
+    shard_set = data if isinstance(data, ShardSet) else ShardSet.open(data, storage_options)
+    shards = tuple(split_shards(shard_set.manifest, shard_set.url, split))
     layout = Layout(shards, batch_size, rank, world_size, num_workers, seed, shuffle_buffer, drop_last)
-    return ShardLoader(url, split, layout, resolution=manifest.get("resolution"),
-                       has_mask=bool(manifest.get("has_mask")), storage_options=storage_options,
-                       max_corrupt=max_corrupt, timeout=timeout, pin_memory=pin_memory)
+    return ShardLoader(shard_set.url, split, layout, resolution=shard_set.resolution, has_mask=shard_set.has_mask,
+                       storage_options=shard_set.storage_options, max_corrupt=max_corrupt, timeout=timeout,
+                       pin_memory=pin_memory)

@@ -13,6 +13,7 @@ Manifest keys: `format`, `dataset`, `converter_version`, `resolution` (pixels),
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DataError
@@ -53,6 +54,41 @@ def read_manifest_if_present(url: str, storage_options: dict[str, Any] | None = 
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{join(url, MANIFEST)}: not a genesis-dist shard manifest (format != {FORMAT})")
     return manifest
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A shard set to read: its URL, the storage options that reach it, and its manifest,
+    read once (`ShardSet.open`) and handed to whatever reads the set."""
+
+    url: str
+    manifest: dict[str, Any]
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> "ShardSet":
+        """Read the manifest at `url`; DataError (one line) when there is none."""
+        options = dict(storage_options or {})
+        return cls(url, read_manifest(url, options), options)
+
+    @property
+    def resolution(self) -> int | None:
+        """Image side in pixels."""
+        return self.manifest.get("resolution")
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether samples carry instance masks (ARI / mSC can be scored)."""
+        return bool(self.manifest.get("has_mask", False))
+
+    @property
+    def background_entities(self) -> int | None:
+        """Mask labels 0 … B-1 that are background (ObjectsRoom's sky, floor, walls)."""
+        return self.manifest.get("background_entities")
+
+    def split_size(self, split: str) -> int:
+        """Samples in `split`; DataError naming the splits present when it is absent."""
+        return sum(count for _, count in split_shards(self.manifest, self.url, split))
 
 
 def write_manifest(url: str, manifest: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:

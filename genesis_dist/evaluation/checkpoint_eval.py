@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..training.checkpoint import load_checkpoint, read_meta
+from ..training.layout import EVAL_FOLDER, FIGURES_FOLDER, figure_name
 from .fid_stats import fid_against_stats
 from ..metrics import foreground_labels, masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
 from ..metrics.trivial import trivial_answer_scores
@@ -305,7 +306,7 @@ class CheckpointEvaluator:
         caption = scores_caption("test-set decomposition", step, out.log_masks[:n], labels,
                                  out.elbo[:n] if generative else None, log_att_masks=att)
         figure = decomposition_figure(images[:n], out.recon[:n], out.log_masks[:n], out.components[:n], att, caption)
-        save_png(figure, join(run_url, "eval", "figures", f"decomposition_{step:08d}.png"),
+        save_png(figure, join(run_url, EVAL_FOLDER, FIGURES_FOLDER, figure_name("decomposition", step)),
                  self.config.get("storage_options") or None)
 
     def _generation_figure(self, samples, run_url: str, step: int, fid: float | None = None) -> None:
@@ -314,5 +315,5 @@ class CheckpointEvaluator:
         n = FIGURE_IMAGES
         caption = scores_caption("prior samples, slots added one at a time", step, extra={"FID": fid})
         figure = generation_figure(samples.images[:n], samples.components[:n], samples.log_masks[:n], caption)
-        save_png(figure, join(run_url, "eval", "figures", f"generation_{step:08d}.png"),
+        save_png(figure, join(run_url, EVAL_FOLDER, FIGURES_FOLDER, figure_name("generation", step)),
                  self.config.get("storage_options") or None)

@@ -2,8 +2,8 @@
 
 A run folder `{run.storage_path}/{run.name}/` holds `checkpoint_<8-digit step>/` folders
 (Ray-managed; older ones are deleted as training goes on), the best checkpoint (the
-folder `best.json` points to; `best/` in older runs), and `finished.json` once training
-has ended. A checkpoint is ready when its `meta.json` (written last) is readable and
+folder `best.json` points to), and `finished.json` once training has ended
+(`training/layout.py` names them). A checkpoint is ready when its `meta.json` (written last) is readable and
 `state.pt` has the size it records; anything else may still be uploading.
 
 Training deletes all but the last `run.keep_checkpoints` checkpoints: the scanner notes
@@ -12,18 +12,14 @@ were gone before any scan saw them, so the evaluator can warn about both.
 """
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..training.checkpoint import BEST_POINTER, LEGACY_BEST, META_FILE, STATE_FILE, read_best_pointer
 from ..storage import filesystem, join
-
-CHECKPOINT_NAME = re.compile(r"^checkpoint_\d+$")
-BEST = "best"  # the name a run's best checkpoint is listed under, wherever best.json points
+from ..training.checkpoint import BEST_ALIAS as BEST, best_checkpoint_url, checkpoint_status
+from ..training.layout import BEST_POINTER, CONFIG_FILE, FINISHED_FILE, checkpoint_step
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,7 @@ def run_exists(run_url: str, storage_options: dict | None = None) -> bool:
 
 def run_finished(run_url: str, storage_options: dict | None = None) -> bool:
     """True once training wrote `finished.json` into the run folder."""
-    fs, path = filesystem(join(run_url, "finished.json"), storage_options)
+    fs, path = filesystem(join(run_url, FINISHED_FILE), storage_options)
     return fs.exists(path)
 
 
@@ -57,7 +53,7 @@ def missed_steps(run_url: str, present: set[int], evaluated: set[int], storage_o
     them first. [] when the run has no readable config.yaml."""
     if not present:
         return []
-    fs, path = filesystem(join(run_url, "config.yaml"), storage_options)
+    fs, path = filesystem(join(run_url, CONFIG_FILE), storage_options)
     try:
         every = int(OmegaConf.create(fs.cat_file(path).decode()).run.checkpoint_every)
     except Exception:  # noqa: BLE001 - no config (a hand-made run folder): nothing to compare with
@@ -85,8 +81,7 @@ class CheckpointScanner:
             names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
         except FileNotFoundError:
             return []
-        has_best = BEST_POINTER in names or LEGACY_BEST in names
-        names = sorted(n for n in names if CHECKPOINT_NAME.match(n)) + ([BEST] if has_best else [])
+        names = sorted(n for n in names if checkpoint_step(n) is not None) + ([BEST] if BEST_POINTER in names else [])
         self._metas = {n: m for n, m in self._metas.items() if n in names}
         self.vanished = [(n, step) for n, step in self._seen.items() if n not in names]
         self._seen = {n: step for n, step in self._seen.items() if n in names}
@@ -105,27 +100,14 @@ class CheckpointScanner:
     def _inspect(self, name: str) -> CheckpointInfo:
         url = join(self.run_url, name)
         if name == BEST:  # follow the pointer: the folder it names is complete
-            pointer = read_best_pointer(self.run_url, self.storage_options)
-            url = join(self.run_url, pointer["folder"]) if pointer is not None else join(self.run_url, LEGACY_BEST)
-        fs, path = filesystem(url, self.storage_options)
+            url = best_checkpoint_url(self.run_url, self.storage_options) or url
         if name in self._metas:  # complete before, and checkpoint folders never change
             meta = self._metas[name]
             return CheckpointInfo(name, url, int(meta["step"]), True, "", meta)
-        try:
-            meta = json.loads(fs.cat_file(f"{path}/{META_FILE}"))
-        except FileNotFoundError:
-            return CheckpointInfo(name, url, None, False, f"no {META_FILE} yet")
-        except ValueError:
-            return CheckpointInfo(name, url, None, False, f"{META_FILE} not readable yet")
-        if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
-            return CheckpointInfo(name, url, None, False, f"{META_FILE} lacks step/config")
-        step = int(meta["step"])
-        try:
-            size = fs.size(f"{path}/{STATE_FILE}")
-        except FileNotFoundError:
-            return CheckpointInfo(name, url, step, False, f"no {STATE_FILE} yet", meta)
-        if meta.get("bytes") is not None and size != meta["bytes"]:
-            return CheckpointInfo(name, url, step, False, f"{STATE_FILE} has {size} of {meta['bytes']} bytes", meta)
+        meta, reason = checkpoint_status(url, self.storage_options)
+        step = int(meta["step"]) if meta is not None else None
+        if reason:
+            return CheckpointInfo(name, url, step, False, reason, meta)
         if name != BEST:
             self._metas[name] = meta
         return CheckpointInfo(name, url, step, True, "", meta)

@@ -25,8 +25,9 @@ import uuid
 from typing import Any, Callable
 
 from ..storage import create_exclusive, filesystem, join, list_names, write_atomic
+from ..training.layout import EVAL_FOLDER
 
-LEASE_FOLDER = "eval/lease"
+LEASE_FOLDER = f"{EVAL_FOLDER}/lease"
 LEASE_SECONDS = 300.0
 GENERATION = re.compile(r"^(\d{8})\.json$")
 

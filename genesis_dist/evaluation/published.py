@@ -8,12 +8,10 @@ ARI and MSC are over all pixels (no -FG variant published).
 """
 from __future__ import annotations
 
-import json
 import sys
 
 from .report import format_value, markdown_table, read_records
-from ..training.checkpoint import best_checkpoint_url
-from ..storage import filesystem, join
+from ..training.checkpoint import read_best_pointer
 
 PUBLISHED: dict[tuple[str, str], dict[str, tuple[float, float | None]]] = {
     ("objects_room", "genesis_v2"): {"ari_fg": (0.85, 0.01), "msc_fg": (0.59, 0.01), "fid": (52.6, 2.7), "elbo": (-7040, 2)},
@@ -50,14 +48,9 @@ def _published_cell(number: tuple[float, float | None] | None, spec: str) -> str
 def _best_step(run_url: str, records: dict[int, dict], storage_options: dict | None) -> tuple[int, str]:
     """The step of the run's best checkpoint (chosen by training on held-out ELBO) when it
     was evaluated, else the evaluated step with the highest test ELBO."""
-    best = best_checkpoint_url(run_url, storage_options)
-    try:
-        fs, path = filesystem(join(best, "meta.json"), storage_options) if best else (None, None)
-        step = int(json.loads(fs.cat_file(path))["step"]) if best else None
-        if step in records:
-            return step, "best"
-    except (FileNotFoundError, ValueError, KeyError):
-        pass
+    pointer = read_best_pointer(run_url, storage_options)
+    if pointer is not None and pointer.get("step") in records:
+        return int(pointer["step"]), "best"
     scored = [s for s, r in records.items() if isinstance(r.get("elbo"), (int, float))]
     return (max(scored, key=lambda s: records[s]["elbo"]), "best test ELBO") if scored else (max(records), "latest")
 

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Sequence
 
 from ..storage import filesystem, is_remote, join
-
-RECORD_NAME = re.compile(r"^(\d{8})\.json$")
+from ..training.layout import EVAL_FOLDER, HISTORY_FILE, eval_record_name, eval_record_step
 # (record key, column title, format) in table order; columns without values are left out
 COLUMNS = (
     ("elbo", "ELBO", ".1f"), ("err", "err", ".1f"), ("kl", "KL", ".1f"),
@@ -61,14 +59,14 @@ def metrics_table(records: Sequence[dict[str, Any]]) -> str:
 
 def read_records(run_url: str, storage_options: dict | None = None) -> dict[int, dict[str, Any]]:
     """{step: record} of every `eval/<step>.json` of a run (empty when none)."""
-    fs, path = filesystem(join(run_url, "eval"), storage_options)
+    fs, path = filesystem(join(run_url, EVAL_FOLDER), storage_options)
     try:
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
     except FileNotFoundError:
         return {}
     records = {}
     for name in names:
-        if RECORD_NAME.match(name):
+        if eval_record_step(name) is not None:
             record = json.loads(fs.cat_file(f"{path}/{name}"))
             records[int(record["step"])] = record
     return records
@@ -90,7 +88,7 @@ class EvalReport:
 
     def __init__(self, run_url: str, storage_options: dict | None = None):
         self.run_url = run_url
-        self.folder = join(run_url, "eval")
+        self.folder = join(run_url, EVAL_FOLDER)
         self.storage_options = storage_options
         self.records = read_records(run_url, storage_options)
         self._logger = None
@@ -98,7 +96,7 @@ class EvalReport:
 
     def _mend_history(self) -> None:
         """Make `metrics.jsonl` list each record once (in the order they were evaluated)."""
-        fs, path = filesystem(join(self.folder, "metrics.jsonl"), self.storage_options)
+        fs, path = filesystem(join(self.folder, HISTORY_FILE), self.storage_options)
         try:
             steps = [int(json.loads(line)["step"]) for line in fs.cat_file(path).decode().splitlines() if line.strip()]
         except FileNotFoundError:
@@ -118,10 +116,10 @@ class EvalReport:
         scalars, then the table and plot of all records so far."""
         step = int(record["step"])
         text = json.dumps(record, sort_keys=True, allow_nan=True)
-        fs, path = filesystem(join(self.folder, f"{step:08d}.json"), self.storage_options)
+        fs, path = filesystem(join(self.folder, eval_record_name(step)), self.storage_options)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         fs.pipe_file(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
-        _append_line(join(self.folder, "metrics.jsonl"), text, self.storage_options)
+        _append_line(join(self.folder, HISTORY_FILE), text, self.storage_options)
         self.records[step] = record
         self._tensorboard(step, record)
         self.write_summary()

@@ -10,62 +10,53 @@ from .genesis_v2 import GenesisV2
 from .outputs import ModelOutput, SampleOutput
 from .slot_attention import NotGenerativeError
 
-MODEL_NAMES = ("genesis_v2", "genesis", "genesis_s", "monet", "slot_attention", "bd_vae", "dc_vae")
-
-
 def build_model(cfg: Any) -> nn.Module:
-    """Build the model a ModelConfig (or any mapping with its keys) describes."""
-    get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
-    name = get("name", "genesis_v2")
-    common = dict(img_size=get("img_size", 64), num_slots=get("num_slots", 7), pixel_std=get("pixel_std", 0.7))
+    """The model a validated ModelConfig describes, every value taken from it: a TrainConfig's
+    `model` section, `config.model_config(name=...)` (the published architecture plus
+    overrides), or a `schema.ModelConfig` (torch-only code). Keys that do not apply to the
+    named model are ignored; nothing is filled in here."""
+    if isinstance(cfg, dict):
+        raise TypeError("build_model takes a validated ModelConfig (genesis_dist.config.model_config(name=...), "
+                        "a TrainConfig's model section, or genesis_dist.schema.ModelConfig), not a dict")
+    name = cfg.name
     if name == "genesis_v2":
         return GenesisV2(
-            **common,
-            latent_dim=get("latent_dim", 64),
-            kernel=get("kernel", "gaussian"),
-            embedding_dim=get("embedding_dim", 8),
-            feature_dim=get("feature_dim", 128),
-            encoder_filters=get("encoder_filters", 64),
-            head_filters=get("head_filters", 64),
-            decoder_filters=get("decoder_filters", 64),
-            mlp_hidden=get("mlp_hidden", 128),
-            prior_hidden=get("prior_hidden", 256),
-            mask_loss=get("mask_loss", False),
-            stop_pixels=get("stop_pixels", None),
+            img_size=cfg.img_size, num_slots=cfg.num_slots, latent_dim=cfg.latent_dim, kernel=cfg.kernel,
+            embedding_dim=cfg.embedding_dim, feature_dim=cfg.feature_dim, encoder_filters=cfg.encoder_filters,
+            head_filters=cfg.head_filters, decoder_filters=cfg.decoder_filters, mlp_hidden=cfg.mlp_hidden,
+            prior_hidden=cfg.prior_hidden, pixel_std=cfg.pixel_std, mask_loss=cfg.mask_loss,
+            stop_pixels=cfg.stop_pixels,
         )
-    if name in ("genesis", "genesis_s"):
-        from .genesis import Genesis, GenesisS
+    if name == "genesis":
+        from .genesis import Genesis
 
-        if name == "genesis":
-            return Genesis(
-                **common,
-                mask_latent_dim=get("latent_dim", 64),
-                component_latent_dim=get("component_latent_dim", 16),
-            )
-        return GenesisS(**common, latent_dim=get("latent_dim", 64))
+        return Genesis(img_size=cfg.img_size, num_slots=cfg.num_slots, mask_latent_dim=cfg.latent_dim,
+                       component_latent_dim=cfg.component_latent_dim, pixel_std=cfg.pixel_std,
+                       prior_hidden=cfg.prior_hidden)
+    if name == "genesis_s":
+        from .genesis import GenesisS
+
+        return GenesisS(img_size=cfg.img_size, num_slots=cfg.num_slots, latent_dim=cfg.latent_dim,
+                        pixel_std=cfg.pixel_std, prior_hidden=cfg.prior_hidden)
     if name == "monet":
         from .monet import MONetG
 
-        return MONetG(**common, latent_dim=get("component_latent_dim", 16))
+        return MONetG(img_size=cfg.img_size, num_slots=cfg.num_slots, latent_dim=cfg.component_latent_dim,
+                      pixel_std=cfg.pixel_std)
     if name == "slot_attention":
         from .slot_attention import SlotAttentionAutoEncoder
 
         return SlotAttentionAutoEncoder(
-            img_size=common["img_size"],
-            num_slots=common["num_slots"],
-            slot_dim=get("latent_dim", 64),
-            mlp_hidden=get("mlp_hidden", 128),
-            iterations=get("num_iterations", 3),
-            encoder_filters=get("encoder_filters", 64),
-            decoder_filters=get("decoder_filters", 32),
+            img_size=cfg.img_size, num_slots=cfg.num_slots, slot_dim=cfg.latent_dim, mlp_hidden=cfg.mlp_hidden,
+            iterations=cfg.num_iterations, encoder_filters=cfg.encoder_filters, decoder_filters=cfg.decoder_filters,
         )
     if name in ("bd_vae", "dc_vae"):
         from .vae import SingleLatentVAE
 
         # One latent per image: num_slots does not apply.
-        decoder = "broadcast" if name == "bd_vae" else "deconv"
-        return SingleLatentVAE(common["img_size"], get("latent_dim", 64), decoder, common["pixel_std"])
-    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        return SingleLatentVAE(img_size=cfg.img_size, latent_dim=cfg.latent_dim,
+                               decoder="broadcast" if name == "bd_vae" else "deconv", pixel_std=cfg.pixel_std)
+    raise ValueError(f"unknown model {name!r}")
 
 
 def is_generative(model: nn.Module) -> bool:
@@ -81,5 +72,5 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = [
     "build_model", "count_parameters", "is_generative", "GenesisV2", "ModelOutput", "SampleOutput",
-    "NotGenerativeError", "MODEL_NAMES",
+    "NotGenerativeError",
 ]

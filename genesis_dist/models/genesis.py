@@ -44,12 +44,13 @@ class Genesis(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 64,
-        num_slots: int = 7,
-        mask_latent_dim: int = 64,
-        component_latent_dim: int = 16,
-        pixel_std: float = 0.7,
-        prior_hidden: int = 256,
+        *,
+        img_size: int,
+        num_slots: int,
+        mask_latent_dim: int,
+        component_latent_dim: int,
+        pixel_std: float,
+        prior_hidden: int,
         encoder_strides: tuple[int, ...] = DEFAULT_STRIDES,
     ):
         super().__init__()
@@ -124,11 +125,12 @@ class GenesisS(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 64,
-        num_slots: int = 7,
-        latent_dim: int = 64,
-        pixel_std: float = 0.7,
-        prior_hidden: int = 256,
+        *,
+        img_size: int,
+        num_slots: int,
+        latent_dim: int,
+        pixel_std: float,
+        prior_hidden: int,
         encoder_strides: tuple[int, ...] = DEFAULT_STRIDES,
     ):
         super().__init__()

@@ -59,44 +59,6 @@ def mask_consistency_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor
     return masks_kl(log_att_masks, log_dec_masks.detach())
 
 
-def mask_guidance_kl(log_att_masks: torch.Tensor, log_dec_masks: torch.Tensor) -> torch.Tensor:
-    """Eq. 7 reversed, a training aid (not in the paper): `Σ_pixels KL(stopgrad(Cat(m_att)) ‖
-    Cat(m_dec))` pulls the decoder masks towards the IC-SBP attention masks, which start as K
-    distinct regions, so that the slots stop decoding identical components (uniform decoder
-    masks are a saddle the mixture likelihood does not leave; benchmarks/learning_trials.md).
-
-    Args: log masks `[B, K, 1, H, W]` each, clamped to ≥ 1e-5 before the KL.
-    Returns: `[B]` nats per image.
-    """
-    return masks_kl(log_att_masks.detach(), log_dec_masks)
-
-
-def colour_affinity_loss(embeddings: torch.Tensor, images: torch.Tensor, similarity, colour_scale: float,
-                         pixels: int = 128) -> torch.Tensor:
-    """A training aid (not in the paper): teaches the IC-SBP embedding colour similarity,
-    a bottom-up cue that separates objects in images of uniformly coloured shapes. For
-    `pixels` random pixels per image, the kernel similarity of every pair under the
-    embeddings, `similarity(‖ζ_i − ζ_j‖²)`, is pulled (binary cross-entropy) towards the
-    similarity of their colours, `similarity(s²‖x_i − x_j‖²)` (no gradient; s =
-    `colour_scale`, x the input in [0, 1]). Same-coloured pixels are pulled together against
-    the coordinate part of ζ, differently coloured ones pushed apart. Uses the global torch RNG.
-
-    Args: embeddings `[B, E, H, W]`, images `[B, 3, H, W]`, `similarity` maps squared distances
-    to kernel values in (0, 1] (the IC-SBP kernel, whose σ learns from this loss too).
-    Returns `[B]`: mean cross-entropy over pairs (nats) × H·W, the scale of a per-pixel sum.
-    """
-    b, e, h, w = embeddings.shape
-    index = torch.randint(0, h * w, (b, 1, pixels), device=embeddings.device)
-    emb = full_precision(embeddings).flatten(2).gather(2, index.expand(-1, e, -1)).transpose(1, 2)
-    col = full_precision(images).flatten(2).gather(2, index.expand(-1, 3, -1)).transpose(1, 2)
-    sq_emb = torch.cdist(emb, emb).pow(2)
-    predicted = similarity(sq_emb).clamp(1e-4, 1 - 1e-4)
-    with torch.no_grad():
-        target = similarity(colour_scale**2 * torch.cdist(col, col).pow(2)).clamp(1e-4, 1 - 1e-4)
-    bce = F.binary_cross_entropy(predicted, target, reduction="none")
-    return bce.flatten(1).mean(dim=1) * (h * w)
-
-
 class GenesisV2(nn.Module):
     """GENESIS-V2 with K slots at `img_size`² pixels.
 
@@ -105,20 +67,21 @@ class GenesisV2(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 64,
-        num_slots: int = 7,
-        latent_dim: int = 64,
-        kernel: str = "gaussian",
-        embedding_dim: int = 8,
-        feature_dim: int = 128,
-        encoder_filters: int = 64,
-        head_filters: int = 64,
-        decoder_filters: int = 64,
-        mlp_hidden: int = 128,
-        prior_hidden: int = 256,
-        pixel_std: float = 0.7,
-        mask_loss: bool = False,
-        stop_pixels: float | None = None,
+        *,
+        img_size: int,
+        num_slots: int,
+        latent_dim: int,
+        kernel: str,
+        embedding_dim: int,
+        feature_dim: int,
+        encoder_filters: int,
+        head_filters: int,
+        decoder_filters: int,
+        mlp_hidden: int,
+        prior_hidden: int,
+        pixel_std: float,
+        mask_loss: bool,
+        stop_pixels: float | None,
     ):
         super().__init__()
         self.img_size = img_size
@@ -127,13 +90,6 @@ class GenesisV2(nn.Module):
         self.pixel_std = pixel_std
         self.use_mask_loss = mask_loss
         self.stop_pixels = stop_pixels
-        # Weight of `mask_guidance_kl` in training (0: the paper's model); set per step by
-        # training/curriculum.py.
-        self.mask_guidance = 0.0
-        # Weight of `colour_affinity_loss` in training and its colour scale (0: the paper's
-        # model); set per step by training/curriculum.py.
-        self.colour_hint = 0.0
-        self.colour_hint_scale = 2.0
         self.encoder = UNet(img_size, 3, encoder_filters, mlp_hidden)
         enc_ch = self.encoder.out_channels
         self.attention_head = nn.Sequential(
@@ -211,12 +167,6 @@ class GenesisV2(nn.Module):
         aux = {}
         if self.use_mask_loss:
             aux["mask_loss"] = mask_consistency_kl(attention.log_masks, log_masks)
-        penalties = {}
-        if self.training and self.mask_guidance > 0:
-            penalties["mask_guidance"] = self.mask_guidance * mask_guidance_kl(attention.log_masks, log_masks)
-        if self.training and self.colour_hint > 0:
-            penalties["colour_hint"] = self.colour_hint * colour_affinity_loss(
-                embeddings, x, self.icsbp.similarity, self.colour_hint_scale)
         return ModelOutput(
             recon=compose(log_masks, components),
             err=err,
@@ -226,8 +176,8 @@ class GenesisV2(nn.Module):
             latents=z,
             log_att_masks=attention.log_masks,
             slot_mask=attention.slot_mask,
+            embeddings=embeddings,
             aux=aux,
-            penalties=penalties,
         )
 
     @torch.no_grad()

@@ -51,11 +51,12 @@ class MONetG(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 64,
-        num_slots: int = 7,
-        latent_dim: int = 16,
+        *,
+        img_size: int,
+        num_slots: int,
+        latent_dim: int,
         attention_filters: int = 32,
-        pixel_std: float = 0.7,
+        pixel_std: float,
     ):
         super().__init__()
         if num_slots < 2:

@@ -13,17 +13,18 @@ class ModelOutput:
     Shapes: B batch, K slots, D latent size per slot.
         recon: `[B, 3, H, W]` mixture mean image in [0, 1].
         err: `[B]` negative log-likelihood, nats per image.
-        kl: `[B]` KL(q || p) estimate, nats per image (plus any auxiliary
-            mask loss that the objective should weigh like the KL, see `aux`).
+        kl: `[B]` KL(q || p) estimate, nats per image (auxiliary terms excluded, see `aux`).
         log_masks: `[B, K, 1, H, W]` masks that compose the reconstruction.
         components: `[B, K, 3, H, W]` per-slot RGB means.
         latents: `[B, K, D]` sampled slot latents (for GENESIS, `[z^m, z^c]`).
         log_att_masks: `[B, K, 1, H, W]` IC-SBP attention masks (GENESIS-V2 only).
         slot_mask: `[B, K]` bool, False for slots unused under the flexible stop.
-        aux: extra `[B]` losses that are added to the KL term under GECO
-            (e.g. GENESIS-V2's mask-consistency loss, Eq. 7); `kl` excludes them.
-        penalties: extra `[B]` losses added to the loss as they are, whatever GECO's β
-            (e.g. GENESIS-V2's mask guidance, a training aid; see `training/curriculum.py`).
+        embeddings: `[B, E, H, W]` the pixel embeddings ζ the IC-SBP attention masks come
+            from (GENESIS-V2 only); training aids read them (training/objective.py).
+        aux: `[B]` terms of the model's own objective that GECO weighs like the KL, nats per
+            image (GENESIS-V2's mask-consistency loss, Eq. 7, when `mask_loss` is set).
+            Terms that are not the model's (the curriculum's training aids) are added by the
+            training objective, never by the model.
     """
 
     recon: torch.Tensor
@@ -34,8 +35,8 @@ class ModelOutput:
     latents: torch.Tensor
     log_att_masks: torch.Tensor | None = None
     slot_mask: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
-    penalties: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def elbo(self) -> torch.Tensor:

@@ -183,13 +183,14 @@ class SlotAttentionAutoEncoder(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 64,
-        num_slots: int = 7,
-        slot_dim: int = 64,
-        mlp_hidden: int = 128,
-        iterations: int = 3,
-        encoder_filters: int = 64,
-        decoder_filters: int = 32,
+        *,
+        img_size: int,
+        num_slots: int,
+        slot_dim: int,
+        mlp_hidden: int,
+        iterations: int,
+        encoder_filters: int,
+        decoder_filters: int,
         eps: float = 1e-8,
     ):
         super().__init__()

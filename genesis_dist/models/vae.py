@@ -43,10 +43,11 @@ class SingleLatentVAE(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 64,
-        latent_dim: int = 64,
-        decoder: str = "broadcast",
-        pixel_std: float = 0.7,
+        *,
+        img_size: int,
+        latent_dim: int,
+        decoder: str,
+        pixel_std: float,
         encoder_strides: tuple[int, ...] = DEFAULT_STRIDES,
     ):
         super().__init__()

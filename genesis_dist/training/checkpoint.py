@@ -20,18 +20,14 @@ import random
 import uuid
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 
 from ..storage import filesystem, join, list_names, write_atomic
+from .layout import BEST_POINTER, BEST_PREFIX, META_FILE, STATE_FILE, best_name, checkpoint_step, worker_file
 
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
 FORMAT_VERSION = 1
-BEST_POINTER = "best.json"  # {"folder": "best-<step>-<tag>", "step", "sha256", "best_score"}
-BEST_PREFIX = "best-"
-LEGACY_BEST = "best"  # runs from before the pointer: best/ written in place
+BEST_ALIAS = "best"  # `RUN/best` names the folder RUN/best.json points to
 
 
 class CheckpointError(RuntimeError):
@@ -68,7 +64,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(url: str, state: dict[str, Any], meta: dict[str, Any], storage_options: dict | None = None) -> str:
     """Write `state` (tensors, numbers, strings, lists, dicts) and `meta` to the
     folder `url`; returns the state file's sha256. `meta` must hold `step`."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
     fs.makedirs(path, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -85,7 +81,7 @@ def save_checkpoint(url: str, state: dict[str, Any], meta: dict[str, Any], stora
 
 def read_meta(url: str, storage_options: dict | None = None) -> dict[str, Any]:
     """The checkpoint's `meta.json`; CheckpointError if it is missing or unreadable."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
     try:
         with fs.open(f"{path}/{META_FILE}", "r") as f:
             return json.load(f)
@@ -101,7 +97,7 @@ def load_checkpoint(url: str, storage_options: dict | None = None, map_location:
     Uses `torch.load(weights_only=True)`: no arbitrary code runs on load.
     """
     meta = read_meta(url, storage_options)
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
     try:
         with fs.open(f"{path}/{STATE_FILE}", "rb") as f:
             payload = f.read()
@@ -120,7 +116,7 @@ def save_best(run_url: str, state: dict[str, Any], meta: dict[str, Any], storage
     (a reader that followed the old pointer a moment ago can still load it). Returns the
     new folder's URL."""
     previous = read_best_pointer(run_url, storage_options)
-    name = f"{BEST_PREFIX}{int(meta['step']):08d}-{uuid.uuid4().hex[:6]}"
+    name = best_name(int(meta["step"]), uuid.uuid4().hex[:6])
     url = join(run_url, name)
     digest = save_checkpoint(url, state, meta, storage_options)
     pointer = {"folder": name, "step": int(meta["step"]), "sha256": digest, "best_score": meta.get("best_score")}
@@ -148,47 +144,58 @@ def read_best_pointer(run_url: str, storage_options: dict | None = None) -> dict
 
 
 def best_checkpoint_url(run_url: str, storage_options: dict | None = None) -> str | None:
-    """The URL of the run's best checkpoint folder: where `best.json` points, else a
-    legacy `best/` folder with a meta.json, else None."""
+    """The URL of the run's best checkpoint folder (where `best.json` points), or None."""
     pointer = read_best_pointer(run_url, storage_options)
-    if pointer is not None:
-        return join(run_url, pointer["folder"])
-    legacy = join(run_url, LEGACY_BEST)
-    fs, path = filesystem(legacy, storage_options)
-    return legacy if fs.exists(f"{path}/{META_FILE}") else None
+    return join(run_url, pointer["folder"]) if pointer is not None else None
 
 
 def resolve_checkpoint(url: str, storage_options: dict | None = None) -> str:
     """`url` itself, or for `RUN/best` (an alias) the folder `RUN/best.json` points to."""
-    fs, path = filesystem(url, storage_options)
-    if url.rstrip("/").rsplit("/", 1)[-1] != LEGACY_BEST or fs.exists(f"{path}/{META_FILE}"):
+    if url.rstrip("/").rsplit("/", 1)[-1] != BEST_ALIAS:
         return url
     run_url = url.rstrip("/").rsplit("/", 1)[0]
-    pointer = read_best_pointer(run_url, storage_options)
-    return join(run_url, pointer["folder"]) if pointer is not None else url
+    return best_checkpoint_url(run_url, storage_options) or url
 
 
-CHECKPOINT_FOLDER = "checkpoint_"  # + the 8-digit step: the folders a run's workers publish
+def checkpoint_status(url: str, storage_options: dict | None = None, with_workers: bool = False
+                      ) -> tuple[dict[str, Any] | None, str]:
+    """(meta, "") when the checkpoint folder at `url` is complete — meta.json readable with
+    its step and config, state.pt of the size meta.json records and, `with_workers`, the
+    `worker_<r>.pt` of every rank of the world that wrote it (meta.json's
+    `data_position.world_size`) — else (meta or None, the reason it is not (yet) complete).
+    Never raises for a folder still being uploaded."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        meta = json.loads(fs.cat_file(f"{path}/{META_FILE}"))
+    except FileNotFoundError:
+        return None, f"no {META_FILE} yet"
+    except ValueError:
+        return None, f"{META_FILE} not readable yet"
+    if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
+        return None, f"{META_FILE} lacks step/config"
+    try:
+        size = fs.size(f"{path}/{STATE_FILE}")
+    except FileNotFoundError:
+        return meta, f"no {STATE_FILE} yet"
+    if meta.get("bytes") is not None and size != meta["bytes"]:
+        return meta, f"{STATE_FILE} has {size} of {meta['bytes']} bytes"
+    if with_workers:
+        world = int((meta.get("data_position") or {}).get("world_size") or 1)
+        missing = [worker_file(rank) for rank in range(world) if not fs.exists(f"{path}/{worker_file(rank)}")]
+        if missing:
+            return meta, f"no {', '.join(missing)} yet"
+    return meta, ""
 
 
 def latest_complete_checkpoint(run_url: str, storage_options: dict | None = None) -> tuple[int, str] | None:
-    """(step, URL) of the newest `checkpoint_<step>` folder of a run that is complete: its
-    meta.json readable, state.pt of the size meta.json records, and the `worker_<r>.pt` of
-    every rank of the world that wrote it (meta.json's `data_position.world_size`). None
-    when there is none. This is what a re-run resumes from when Ray's own record of the
-    run's checkpoints lags behind the folder (a driver killed before Ray saved it)."""
-    names = [n for n in list_names(run_url, storage_options)
-             if n.startswith(CHECKPOINT_FOLDER) and n[len(CHECKPOINT_FOLDER):].isdigit()]
-    for name in sorted(names, key=lambda n: int(n[len(CHECKPOINT_FOLDER):]), reverse=True):
+    """(step, URL) of the newest `checkpoint_<step>` folder of a run that is complete with
+    every rank's worker file (`checkpoint_status`), or None when there is none. This is
+    what a re-run resumes from when Ray's own record of the run's checkpoints lags behind
+    the folder (a driver killed before Ray saved it)."""
+    steps = {name: checkpoint_step(name) for name in list_names(run_url, storage_options)}
+    for name in sorted((n for n, s in steps.items() if s is not None), key=steps.get, reverse=True):
         url = join(run_url, name)
-        fs, path = filesystem(url, storage_options)
-        try:
-            meta = json.loads(fs.cat_file(f"{path}/{META_FILE}"))
-            world = int((meta.get("data_position") or {}).get("world_size") or 1)
-            complete = fs.size(f"{path}/{STATE_FILE}") == meta.get("bytes") and all(
-                fs.exists(f"{path}/worker_{rank}.pt") for rank in range(world))
-        except (FileNotFoundError, ValueError, TypeError):
-            complete = False
-        if complete:
+        meta, reason = checkpoint_status(url, storage_options, with_workers=True)
+        if not reason:
             return int(meta["step"]), url
     return None

@@ -1,20 +1,21 @@
 """Training schedules over steps (`curriculum:` in the config; off by default, when the
 papers' fixed settings apply): a pixel σ annealed from a wide start to `model.pixel_std`
-with GECO's goal following it, a decaying guidance term that pulls GENESIS-V2's
-decoder masks towards its IC-SBP attention masks, and a colour-affinity term that teaches
-GENESIS-V2's IC-SBP embedding colour similarity. The embedded demo uses all three
-(`configs/experiment/demo.yaml`; the evidence is in `benchmarks/learning_trials.md`).
+with GECO's goal following it, the weight of a guidance term that pulls GENESIS-V2's
+decoder masks towards its IC-SBP attention masks, and the weight of a colour-affinity
+term that teaches GENESIS-V2's IC-SBP embedding colour similarity. The embedded demo uses
+all three (`configs/experiment/demo.yaml`; the evidence is in
+`benchmarks/learning_trials.md`). `training/objective.py` adds the terms to the loss.
 
-Every value is a pure function of the step, so a resumed run continues the schedule
-exactly where it stopped.
+Every value is a pure function of the config and the step, so a resumed run continues
+the schedule exactly where it stopped.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from ..objectives import GECO, geco_goal
-from .loop import Hook, TrainState
+from ..objectives import gaussian_nll, goal_rmse
+
 
 
 def ramp(step: int, start: int, end: int) -> float:
@@ -37,18 +38,6 @@ def pixel_std_at(cfg: Any, step: int) -> float:
     return math.exp((1.0 - t) * math.log(float(start)) + t * math.log(final))
 
 
-def goal_rmse(goal_per_pixel: float, pixel_std: float) -> float:
-    """The reconstruction RMSE (pixel units, images in [0, 1]) that a GECO goal in nats per
-    pixel and channel allows at pixel σ `pixel_std`: the goal is the Gaussian NLL
-    `½ ln 2π + ln σ + r² / (2σ²)` of a mean that is off by r. Raises ValueError when the
-    goal is below a perfect reconstruction's NLL."""
-    excess = goal_per_pixel - 0.5 * math.log(2 * math.pi) - math.log(pixel_std)
-    if excess < 0:
-        raise ValueError(f"objective.goal={goal_per_pixel:g} is below the NLL of a perfect reconstruction at "
-                         f"pixel σ {pixel_std:g} ({goal_per_pixel - excess:.4f} nats per pixel and channel)")
-    return math.sqrt(2.0 * excess) * pixel_std
-
-
 def goal_at(cfg: Any, step: int) -> float:
     """GECO goal (nats per pixel and channel) at `step`. `objective.goal` is stated at the
     starting σ; while σ anneals, the goal keeps the reconstruction RMSE it allows there."""
@@ -56,9 +45,7 @@ def goal_at(cfg: Any, step: int) -> float:
     start = cfg.curriculum.pixel_std_from
     if start is None:
         return goal
-    rmse = goal_rmse(goal, float(start))
-    sigma = pixel_std_at(cfg, step)
-    return 0.5 * math.log(2 * math.pi) + math.log(sigma) + rmse**2 / (2 * sigma**2)
+    return gaussian_nll(goal_rmse(goal, float(start)), pixel_std_at(cfg, step))
 
 
 def decaying_weight(weight: float, steps: Any, step: int) -> float:
@@ -85,27 +72,3 @@ def is_active(cfg: Any) -> bool:
     """Whether the config schedules anything (else the papers' fixed settings)."""
     cur = cfg.curriculum
     return cur.pixel_std_from is not None or float(cur.mask_guidance) != 0.0 or float(cur.colour_hint) != 0.0
-
-
-def apply(cfg: Any, state: TrainState, step: int) -> None:
-    """Set the model's σ, mask-guidance and colour-hint weights and GECO's goal for `step`."""
-    module = state.module
-    module.pixel_std = pixel_std_at(cfg, step)
-    if hasattr(module, "mask_guidance"):
-        module.mask_guidance = mask_guidance_at(cfg, step)
-    if hasattr(module, "colour_hint"):
-        module.colour_hint = colour_hint_at(cfg, step)
-        module.colour_hint_scale = float(cfg.curriculum.colour_hint_scale)
-    if isinstance(state.objective, GECO):
-        state.objective.goal = geco_goal(goal_at(cfg, step), cfg.model.img_size)
-
-
-class Curriculum(Hook):
-    """Applies the schedules before every step (held-out evaluation and figures on a
-    step see that step's values)."""
-
-    def __init__(self, cfg: Any):
-        self.cfg = cfg
-
-    def before_step(self, state: TrainState, step: int) -> None:
-        apply(self.cfg, state, step)

@@ -15,18 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..storage import filesystem, join, without_secrets
 from .checkpoint import rng_state, save_best, save_checkpoint
+from .layout import FIGURES_FOLDER, FINISHED_FILE, HISTORY_FILE, figure_name, worker_file
 from .loop import Hook, TrainState, evaluate_batch
 
 Publish = Callable[[str, dict[str, Any], int], None]  # (checkpoint folder, metrics, step)
-
-
-def checkpoint_name(step: int) -> str:
-    return f"checkpoint_{step:08d}"
-
-
-def worker_file(rank: int) -> str:
-    """Per-rank state inside a checkpoint folder (RNG, data position)."""
-    return f"worker_{rank}.pt"
 
 
 def parameters_digest(model: torch.nn.Module) -> str:
@@ -83,7 +75,7 @@ class RunLog(Hook):
                  start_step: int = 0, print_line: Callable[[str], None] = print):
         self.log_every, self.total, self.logger = log_every, total_steps, logger
         self.storage_options = storage_options
-        self.history_url = join(run_url, "metrics.jsonl")
+        self.history_url = join(run_url, HISTORY_FILE)
         self.history = read_history(self.history_url, storage_options, start_step)
         self.print_line = print_line
 
@@ -148,7 +140,7 @@ class Figures(Hook):
             figures["samples"] = generation_figure(samples.images, samples.components, samples.log_masks, caption)
         for name, figure in figures.items():
             self.logger.image(state.step, name, figure)
-            save_png(figure, join(self.run_url, "figures", f"{name}_{state.step:08d}.png"), self.storage_options)
+            save_png(figure, join(self.run_url, FIGURES_FOLDER, figure_name(name, state.step)), self.storage_options)
 
 
 class Checkpoints(Hook):
@@ -163,12 +155,12 @@ class Checkpoints(Hook):
     """
 
     def __init__(self, cfg: DictConfig, run_url: str, rank: int, loader, publish: Publish,
-                 heldout: tuple[torch.Tensor, torch.Tensor | None] | None = None, run_log: RunLog | None = None,
-                 best_score: float | None = None):
+                 storage_options: dict | None = None, heldout: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                 run_log: RunLog | None = None, best_score: float | None = None):
         self.cfg, self.run_url, self.rank, self.loader, self.publish = cfg, run_url, rank, loader, publish
         self.heldout, self.run_log, self.best = heldout, run_log, best_score
         self.every, self.total = cfg.run.checkpoint_every, cfg.optim.steps
-        self.storage_options = dict(cfg.data.storage_options)
+        self.storage_options = storage_options
 
     def wants_metrics(self, step: int) -> bool:
         return step % self.every == 0 or step == self.total
@@ -223,5 +215,5 @@ class FinishedMarker(Hook):
     def on_end(self, state: TrainState) -> None:
         if state.step < self.total:
             return
-        fs, path = filesystem(join(self.run_url, "finished.json"), self.storage_options)
+        fs, path = filesystem(join(self.run_url, FINISHED_FILE), self.storage_options)
         fs.pipe_file(path, json.dumps({"step": state.step}).encode())

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..objectives import GECO, MSE, BetaELBO, geco_goal, geco_step_size
+from .objective import TrainingObjective
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAST_VALUE_METRICS = ("beta", "lr")  # reported as they are now, not averaged over the window
@@ -35,25 +35,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def make_objective(cfg: Any, img_size: int) -> GECO | BetaELBO | MSE:
-    """GECO, β-ELBO or (Slot Attention's) MSE from an ObjectiveConfig; GECO's goal and
-    λ follow the image size."""
-    if cfg.name == "elbo":
-        return BetaELBO(cfg.beta)
-    if cfg.name == "mse":
-        return MSE()
-    step = cfg.step_size if cfg.step_size is not None else geco_step_size(img_size)
-    return GECO(
-        goal=geco_goal(cfg.goal, img_size),
-        step_size=step,
-        alpha=cfg.alpha,
-        speedup=cfg.speedup,
-        beta_init=cfg.beta_init,
-        beta_min=cfg.beta_min,
-        beta_max=cfg.beta_max,
-    )
 
 
 def lr_factor(step: int, warmup_steps: int = 0, decay_every: int | None = None, decay_rate: float = 0.5) -> float:
@@ -108,43 +89,35 @@ def use_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    """Half / bfloat16 (autocast) losses in float32; float32 and float64 as they are (a
-    float64 model keeps its precision through GECO's update)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
 def train_step(
     model: nn.Module,
-    objective: GECO | BetaELBO,
+    objective: TrainingObjective,
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
     *,
+    step: int | None = None,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
     channels_last: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """One optimisation step on `images` `[B, 3, H, W]` in [0, 1].
+    """One optimisation step on `images` `[B, 3, H, W]` in [0, 1]; `step` (1-based) is the
+    optimiser step the objective's schedules are evaluated at.
 
     `channels_last`: feed NHWC images (pair with `use_channels_last(model)`).
 
     Returns detached 0-dim tensors on the model's device, not yet read by the host
     (nats per image): loss, err, kl, elbo, beta (after this step's GECO update),
-    grad_norm (before clipping), and any auxiliary losses and penalties. Nothing here synchronises
-    with the host except the fp16 scaler's overflow check.
+    grad_norm (before clipping), and the objective's extra terms (the model's auxiliary
+    losses, the training aids). Nothing here synchronises with the host except the fp16
+    scaler's overflow check.
     """
     model.train()
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, precision):
         out = model(images)
-    err = at_least_float32(out.err)
-    kl = at_least_float32(out.kl)
-    kl_term = kl + sum((at_least_float32(v) for v in out.aux.values()), torch.zeros_like(kl))
-    loss = objective.loss(err, kl_term)
-    for penalty in out.penalties.values():
-        loss = loss + at_least_float32(penalty).mean()
+        loss, err, kl, extra = objective.loss(images, out, step)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -168,7 +141,7 @@ def train_step(
         "beta": beta,
         "grad_norm": grad_norm.detach(),
     }
-    metrics.update({name: v.detach().float().mean() for name, v in {**out.aux, **out.penalties}.items()})
+    metrics.update({name: v.detach().float().mean() for name, v in extra.items()})
     return metrics
 
 
@@ -205,7 +178,7 @@ class TrainState:
     distributed run); `module` is the bare model (for saving and evaluation)."""
 
     model: nn.Module
-    objective: GECO | BetaELBO
+    objective: TrainingObjective
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -285,8 +258,8 @@ def fit(
             hook.before_step(state, step)
         images = next(batches).to(device, non_blocking=True)
         window.add(train_step(
-            state.model, state.objective, state.optimizer, images, precision=precision, scaler=state.scaler,
-            grad_clip=grad_clip, channels_last=channels_last,
+            state.model, state.objective, state.optimizer, images, step=step, precision=precision,
+            scaler=state.scaler, grad_clip=grad_clip, channels_last=channels_last,
         ))
         if state.schedule is not None:
             state.schedule.step()

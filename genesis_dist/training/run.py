@@ -5,20 +5,21 @@ inside Ray Train; tests and benchmarks run it directly."""
 from __future__ import annotations
 
 import os
-import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig
 
 from ..config import effective_lr, per_worker_batch
+from ..data import ShardSet
 from ..models import build_model
-from . import curriculum
 from .checkpoint import CheckpointError, load_checkpoint, set_rng_state
-from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publish, RunLog, worker_file
+from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publish, RunLog
+from .layout import worker_file
+from .loop import Hook, TrainState, fit, make_grad_scaler, make_optimizer, seed_everything, set_base_lr, use_channels_last
+from .objective import make_objective
 from .sync_batchnorm import sync_batchnorm
-from .loop import (Hook, TrainState, fit, make_grad_scaler, make_objective, make_optimizer, seed_everything,
-                   set_base_lr, use_channels_last)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -29,18 +30,49 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" else "fp32"
 
 
-def build_state(cfg: DictConfig, device: torch.device, world: int = 1) -> TrainState:
-    """Model (same initial weights on every rank, from `run.seed`), objective, optimiser
-    (learning rate scaled for the global batch of `world` workers) and schedule, scaler,
-    at step 0."""
+@dataclass(frozen=True)
+class RankPlan:
+    """What one rank of a run trains with, worked out once from the config and the world:
+    its images per step, the base learning rate for the global batch, the precision."""
+
+    rank: int
+    world: int
+    device: torch.device
+    batch: int  # images per step on this rank
+    lr: float  # `optim.lr` scaled for the global batch (`optim.lr_scaling`)
+    precision: str  # fp32 | bf16 | fp16 (`optim.precision=auto` resolved for the device)
+
+    @classmethod
+    def of(cls, cfg: DictConfig, rank: int, world: int, device: torch.device) -> "RankPlan":
+        return cls(rank, world, device, per_worker_batch(cfg.optim, world), effective_lr(cfg.optim, world),
+                   resolve_precision(cfg.optim.precision, device))
+
+    @classmethod
+    def single(cls, cfg: DictConfig, device: torch.device) -> "RankPlan":
+        """The plan of a run of one worker (tests, benchmarks, the importer)."""
+        return cls.of(cfg, 0, 1, device)
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch * self.world
+
+    def describe(self, cfg: DictConfig) -> str:
+        """One line: the workers, the global batch and the learning rate they got."""
+        return (f"{self.world} worker(s) × {self.batch} images = global batch {self.global_batch}; "
+                f"lr {self.lr:.3g} (optim.lr {cfg.optim.lr:g}, lr_scaling {cfg.optim.lr_scaling})")
+
+
+def build_state(cfg: DictConfig, plan: RankPlan) -> TrainState:
+    """Model (same initial weights on every rank, from `run.seed`) on `plan.device`, training
+    objective, optimiser (at the plan's learning rate) and schedule, scaler, at step 0."""
+    device = plan.device
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     model = build_model(cfg.model).to(device)
     if cfg.optim.channels_last:
         use_channels_last(model)
-    optimizer, schedule = make_optimizer(model.parameters(), cfg.optim, effective_lr(cfg.optim, world))
-    objective = make_objective(cfg.objective, cfg.model.img_size).to(device)
-    return TrainState(model, objective, optimizer, schedule,
-                      make_grad_scaler(device, resolve_precision(cfg.optim.precision, device)))
+    optimizer, schedule = make_optimizer(model.parameters(), cfg.optim, plan.lr)
+    return TrainState(model, make_objective(cfg, model).to(device), optimizer, schedule,
+                      make_grad_scaler(device, plan.precision))
 
 
 def loader_workers(setting: int | None, local_world: int | None = None) -> int:
@@ -54,35 +86,42 @@ def loader_workers(setting: int | None, local_world: int | None = None) -> int:
     return max(1, cores // max(1, local_world) - 1)
 
 
-def make_train_loader(cfg: DictConfig, rank: int, world: int):
-    """The rank's stream of training batches (`per_worker_batch` images each)."""
+def open_data(cfg: DictConfig) -> ShardSet:
+    """The run's shard set (`data.url`, `data.storage_options`), its manifest read once."""
+    return ShardSet.open(cfg.data.url, storage_options(cfg))
+
+
+def storage_options(cfg: DictConfig) -> dict[str, Any]:
+    """`data.storage_options` as a plain dict: how the run reaches its data and its folder."""
+    from omegaconf import OmegaConf
+
+    options = cfg.data.storage_options
+    return OmegaConf.to_container(options) if isinstance(options, DictConfig) else dict(options)
+
+
+def make_train_loader(cfg: DictConfig, data: ShardSet, plan: RankPlan):
+    """The rank's stream of training batches (`plan.batch` images each)."""
     from ..data import make_loader
 
-    return make_loader(
-        cfg.data.url, cfg.data.train_split, per_worker_batch(cfg.optim, world), rank=rank, world_size=world,
-        num_workers=loader_workers(cfg.data.num_workers), seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
-        storage_options=dict(cfg.data.storage_options),
-    )
+    return make_loader(data, cfg.data.train_split, plan.batch, rank=plan.rank, world_size=plan.world,
+                       num_workers=loader_workers(cfg.data.num_workers), seed=cfg.run.seed,
+                       shuffle_buffer=cfg.data.shuffle_buffer)
 
 
-def heldout_batch(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def heldout_batch(cfg: DictConfig, data: ShardSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first `run.eval_images` images `[N, 3, H, W]` of the evaluation split and their
     foreground label maps `[N, H, W]` (background entities such as ObjectsRoom's sky,
     floor and walls merged into 0), or None where the data has no masks."""
-    from ..data import make_loader, read_manifest
+    from ..data import make_loader
     from ..metrics import foreground_labels
 
-    storage_options = dict(cfg.data.storage_options)
-    background_entities = read_manifest(cfg.data.url, storage_options).get("background_entities")
-    loader = make_loader(
-        cfg.data.url, cfg.data.eval_split, cfg.run.eval_images, rank=0, world_size=1, num_workers=0,
-        seed=0, shuffle_buffer=0, drop_last=False, storage_options=storage_options,
-    )
+    loader = make_loader(data, cfg.data.eval_split, cfg.run.eval_images, rank=0, world_size=1, num_workers=0,
+                         seed=0, shuffle_buffer=0, drop_last=False)
     batch = next(iter(loader))
     masks = batch.get("mask")
     if masks is None:
         return batch["image"].to(device), None
-    return batch["image"].to(device), foreground_labels(masks, background_entities).to(device)
+    return batch["image"].to(device), foreground_labels(masks, data.background_entities).to(device)
 
 
 def restore(state: TrainState, loader, folder: str, rank: int, seed: int) -> float | None:
@@ -121,9 +160,6 @@ def saved_worker_states(folder: str) -> dict[int, dict[str, Any]]:
     if not os.path.exists(os.path.join(folder, worker_file(0))):
         return {}
     first = load(0)
-    if "world_size" not in first["data"]:  # saved before elastic training: every file there
-        ranks = sorted(int(n[len("worker_"):-len(".pt")]) for n in os.listdir(folder) if re.fullmatch(r"worker_\d+\.pt", n))
-        return {r: load(r) for r in ranks}
     world = int(first["data"]["world_size"])
     missing = [worker_file(r) for r in range(1, world) if not os.path.exists(os.path.join(folder, worker_file(r)))]
     if missing:
@@ -142,41 +178,44 @@ def images_of(batches: Iterator[dict[str, Any]]) -> Iterator[torch.Tensor]:
         yield batch["image"]
 
 
-def standard_hooks(cfg: DictConfig, run_url: str, rank: int, world: int, device: torch.device, loader,
-                   publish: Publish, start_step: int = 0, best_score: float | None = None,
-                   print_line: Callable[[str], None] = print) -> list[Hook]:
-    """Fault injection, then on rank 0 the run log, figures and finished marker, and on
-    every rank the checkpoints (rank 0 scoring `run.eval_images` held-out images)."""
+def standard_hooks(cfg: DictConfig, run_url: str, plan: RankPlan, data: ShardSet, loader, publish: Publish,
+                   start_step: int = 0, best_score: float | None = None, print_line: Callable[[str], None] = print,
+                   kill_at_step: int | None = None) -> list[Hook]:
+    """Fault injection (tests: `kill_at_step`), then on rank 0 the run log, figures and
+    finished marker, and on every rank the checkpoints (rank 0 scoring `run.eval_images`
+    held-out images)."""
     from .run_log import RunLogger
 
-    storage_options = dict(cfg.data.storage_options)
-    hooks: list[Hook] = [InjectedFailure(cfg.run.kill_at_step, rank, world, run_url)]
-    if curriculum.is_active(cfg):
-        hooks.append(curriculum.Curriculum(cfg))
+    hooks: list[Hook] = []
+    if kill_at_step is not None:
+        hooks.append(InjectedFailure(kill_at_step, plan.rank, plan.world, run_url))
     run_log, heldout = None, None
-    if rank == 0:
-        logger = RunLogger(run_url, storage_options)
-        heldout = heldout_batch(cfg, device)
-        run_log = RunLog(run_url, cfg.run.log_every, cfg.optim.steps, logger, storage_options, start_step, print_line)
-        hooks += [run_log, Figures(run_url, cfg.run.image_every, cfg.optim.steps, heldout[0], logger, storage_options,
-                                   masks=heldout[1])]
-    hooks.append(Checkpoints(cfg, run_url, rank, loader, publish, heldout, run_log, best_score))
-    if rank == 0:
-        hooks.append(FinishedMarker(run_url, cfg.optim.steps, storage_options))
+    if plan.rank == 0:
+        logger = RunLogger(run_url, data.storage_options)
+        heldout = heldout_batch(cfg, data, plan.device)
+        run_log = RunLog(run_url, cfg.run.log_every, cfg.optim.steps, logger, data.storage_options, start_step,
+                         print_line)
+        hooks += [run_log, Figures(run_url, cfg.run.image_every, cfg.optim.steps, heldout[0], logger,
+                                   data.storage_options, masks=heldout[1])]
+    hooks.append(Checkpoints(cfg, run_url, plan.rank, loader, publish, data.storage_options, heldout, run_log,
+                             best_score))
+    if plan.rank == 0:
+        hooks.append(FinishedMarker(run_url, cfg.optim.steps, data.storage_options))
     return hooks
 
 
 def train_rank(cfg: DictConfig, run_url: str, rank: int, world: int, device: torch.device, publish: Publish,
                checkpoint_folder: str | None = None, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-               print_line: Callable[[str], None] = print) -> TrainState:
-    """Run one rank of `cfg` to `optim.steps`: build, resume from `checkpoint_folder` if
-    given, wrap the model (DDP) with `wrap_model`, and `fit` with the standard hooks."""
-    state = build_state(cfg, device, world)
-    loader = make_train_loader(cfg, rank, world)
+               print_line: Callable[[str], None] = print, kill_at_step: int | None = None) -> TrainState:
+    """Run one rank of `cfg` to `optim.steps`: plan, build, resume from `checkpoint_folder`
+    if given, wrap the model (DDP) with `wrap_model`, and `fit` with the standard hooks.
+    `kill_at_step` (fault injection for tests) makes the last rank SIGKILL itself once there."""
+    plan = RankPlan.of(cfg, rank, world, device)
+    data = open_data(cfg)
+    state = build_state(cfg, plan)
+    loader = make_train_loader(cfg, data, plan)
     if rank == 0:
-        batch = per_worker_batch(cfg.optim, world)
-        print_line(f"[genesis-dist] {world} worker(s) × {batch} images = global batch {batch * world}; "
-                   f"lr {state.schedule.base_lrs[0]:.3g} (optim.lr {cfg.optim.lr:g}, lr_scaling {cfg.optim.lr_scaling})")
+        print_line(f"[genesis-dist] {plan.describe(cfg)}")
     best = None
     if checkpoint_folder is not None:
         best = restore(state, loader, checkpoint_folder, rank, cfg.run.seed)
@@ -190,13 +229,13 @@ def train_rank(cfg: DictConfig, run_url: str, rank: int, world: int, device: tor
         state.model = torch.compile(state.model)
     if wrap_model is not None:
         state.model = wrap_model(state.model)
-    hooks = standard_hooks(cfg, run_url, rank, world, device, loader, publish, state.step, best, print_line)
+    hooks = standard_hooks(cfg, run_url, plan, data, loader, publish, state.step, best, print_line, kill_at_step)
     batches = loader.forever()
     if cfg.run.log_sample_keys:
         from .sample_log import logged_batches
 
         batches = logged_batches(batches, loader, run_url.removeprefix("file://"), rank, world, state.step)
-    return fit(state, images_of(batches), cfg.optim.steps, hooks, precision=resolve_precision(cfg.optim.precision, device),
+    return fit(state, images_of(batches), cfg.optim.steps, hooks, precision=plan.precision,
                grad_clip=cfg.optim.grad_clip, channels_last=cfg.optim.channels_last, world_size=world)
 
 
@@ -204,7 +243,7 @@ def publish_to_run_folder(run_url: str, storage_options: dict | None = None) -> 
     """A `Publish` without Ray: copy each checkpoint folder to `{run}/checkpoint_<step>`
     (for single-process runs, tests and benchmarks; Ray Train does this in a real run)."""
     from ..storage import filesystem, join
-    from .hooks import checkpoint_name
+    from .layout import checkpoint_name
 
     def publish(folder: str, metrics: dict[str, Any], step: int) -> None:
         fs, path = filesystem(join(run_url, checkpoint_name(step)), storage_options)

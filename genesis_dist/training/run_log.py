@@ -12,6 +12,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from ..storage import filesystem, is_remote, join
+from .layout import TENSORBOARD_FOLDER
 
 
 class RunLogger:
@@ -19,7 +20,7 @@ class RunLogger:
 
     def __init__(self, run_url: str, storage_options: dict | None = None):
         self.remote = is_remote(run_url)
-        self.target = join(run_url, "tensorboard")
+        self.target = join(run_url, TENSORBOARD_FOLDER)
         self.storage_options = storage_options
         local = tempfile.mkdtemp(prefix="genesis-tb-") if self.remote else self.target.removeprefix("file://")
         os.makedirs(local, exist_ok=True)

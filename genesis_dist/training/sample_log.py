@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from typing import Any, Iterator
 
-FOLDER = "sample_keys"
+from .layout import SAMPLE_KEYS_FOLDER as FOLDER
 
 
 def attempt_token() -> int:

@@ -1,18 +1,27 @@
-"""The per-worker function Ray Train runs on every rank: `training.run.train_rank`
-with what Ray provides — rank and world size, the device, DDP (`prepare_model`),
-the checkpoint to resume from, and `ray.train.report` for checkpoints."""
+"""Training's Ray glue: the per-worker function Ray Train runs on every rank
+(`training.run.train_rank` with what Ray provides — rank and world size, the device, DDP
+(`prepare_model`), the checkpoint to resume from, and `ray.train.report` for checkpoints),
+the TorchTrainer of a config, the pyarrow view of the run folder Ray's storage needs, and
+what a failure that reached the driver through Ray's wrappers was."""
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import worker_range
-from ..storage import Secret, StorageError, aws_environment, filesystem, join, ray_storage, redacted, storage_errors
-from .checkpoint import META_FILE, latest_complete_checkpoint
-from .hooks import checkpoint_name
-from .run import train_rank
+from ..storage import (EXIT_STATUS, Secret, StorageError, aws_environment, filesystem, is_remote, join, redacted,
+                       one_line, root_errors, storage_errors, storage_failure)
+from .checkpoint import latest_complete_checkpoint
+from .layout import META_FILE, checkpoint_name, checkpoint_step
+from .run import storage_options, train_rank
+from .run_folder import run_url
+
+# Tests inject a worker failure by setting this in the environment of the command that builds
+# the trainer: the last rank SIGKILLs itself once at that step (training/hooks.py: InjectedFailure).
+KILL_AT_STEP_VARIABLE = "GENESIS_DIST_TEST_KILL_AT_STEP"
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -29,13 +38,14 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg = OmegaConf.create(config["cfg"])
     if "storage_options" in config:
         cfg.data.storage_options = config["storage_options"].value
+    options = storage_options(cfg)
     ctx = ray.train.get_context()
 
     def publish(folder: str, metrics: dict[str, Any], step: int) -> None:
         ray.train.report({**metrics, "timesteps_total": step}, checkpoint=Checkpoint.from_directory(folder),
                          checkpoint_dir_name=checkpoint_name(step),
                          checkpoint_upload_fn=lambda local, name: upload_checkpoint(local.path, config["run_url"], name,
-                                                                                   dict(cfg.data.storage_options)))
+                                                                                   options))
 
     def upload_checkpoint(folder: str, run_url: str, name: str, storage_options: dict | None):
         upload_folder(folder, join(run_url, name), storage_options)
@@ -48,15 +58,15 @@ def train_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     args = dict(cfg=cfg, run_url=config["run_url"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
                 device=ray.train.torch.get_device(), publish=publish, wrap_model=ray.train.torch.prepare_model,
-                print_line=log)
-    newer = newer_than_ray(checkpoint, config["run_url"], dict(cfg.data.storage_options), ctx.get_world_rank())
+                print_line=log, kill_at_step=config.get("kill_at_step"))
+    newer = newer_than_ray(checkpoint, config["run_url"], options, ctx.get_world_rank())
     if checkpoint is None and newer is None:
         train_rank(**args)
         return
     with tempfile.TemporaryDirectory(prefix="genesis-resume-") as folder:
         # A copy: Ray may delete old checkpoints while this rank trains.
         if newer is not None:
-            fs, path = filesystem(newer, dict(cfg.data.storage_options))
+            fs, path = filesystem(newer, options)
             fs.get(path.rstrip("/") + "/", folder.rstrip("/") + "/", recursive=True)
             if ctx.get_world_rank() == 0:
                 log(f"[genesis-dist] {newer} is newer than the last checkpoint Ray recorded "
@@ -76,7 +86,7 @@ def newer_than_ray(checkpoint, run_url: str, storage_options: dict | None, rank:
     choice = [None]
     if rank == 0:
         found = latest_complete_checkpoint(run_url, storage_options)
-        recorded = -1 if checkpoint is None else int(checkpoint.path.rstrip("/").rsplit("_", 1)[-1])
+        recorded = -1 if checkpoint is None else checkpoint_step(checkpoint.path)
         choice = [found[1] if found is not None and found[0] > recorded else None]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(choice, src=0)
@@ -116,13 +126,15 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None):
     use_gpu = cfg.scaling.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    storage_path, storage_fs = ray_storage(cfg.run.storage_path, dict(cfg.data.storage_options))
+    storage_path, storage_fs = ray_storage(cfg.run.storage_path, storage_options(cfg))
     plain = OmegaConf.to_container(cfg, resolve=True)
     config: dict[str, Any] = {
         "cfg": redacted(plain),
         "storage_options": Secret(plain["data"]["storage_options"]),
-        "run_url": join(cfg.run.storage_path, cfg.run.name),
+        "run_url": run_url(cfg),
     }
+    if os.environ.get(KILL_AT_STEP_VARIABLE):  # fault injection, set by tests only
+        config["kill_at_step"] = int(os.environ[KILL_AT_STEP_VARIABLE])
     return TorchTrainer(
         train_worker,
         train_loop_config=config,
@@ -142,3 +154,68 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None):
             callbacks=callbacks or [],
         ),
     )
+
+
+def ray_storage(url: str, storage_options: dict | None = None):
+    """(storage_path, storage_filesystem) for Ray's RunConfig: local paths as absolute paths,
+    remote URLs as a pyarrow view of the same fsspec filesystem the rest of genesis-dist
+    uses (so custom endpoints work)."""
+    if not is_remote(url):
+        return os.path.abspath(url.removeprefix("file://")), None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = filesystem(url, storage_options)
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+# Ray's errors that say a process died, and Ray's wrappers around a worker's own error.
+_PROCESS_DIED = {"WorkerHealthCheckFailedError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
+                 "WorkerCrashedError", "OutOfMemoryError", "ObjectLostError"}
+_RAY_WRAPPERS = {"TrainingFailedError", "WorkerGroupError", "ControllerError", "RayTaskError", "UserExceptionWithTraceback"}
+
+
+def failure_chain(error: BaseException) -> list[BaseException]:
+    """`error` and every error it wraps: causes and contexts, and Ray's wrappers (a
+    TrainingFailedError's `worker_failures` and `controller_failure`, a worker's
+    `_base_exc`, a RayTaskError's `cause`), found by attribute."""
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    todo: list[BaseException | None] = [error]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen or not isinstance(current, BaseException):
+            continue
+        seen.add(id(current))
+        chain.append(current)
+        failures = getattr(current, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo.extend(failures.values())
+        todo += [getattr(current, name, None) for name in ("_base_exc", "controller_failure", "cause")]
+        todo += list(root_errors(current))[1:]
+    return chain
+
+
+def describe_failure(error: BaseException) -> tuple[int, str]:
+    """(exit status, one line) for a command that ends in `error`: a storage failure
+    anywhere in its chain gives that kind's status (EXIT_STATUS); anything else is status 1
+    with the first error in the chain that is not one of Ray's wrappers (a worker's own
+    exception rather than Ray's TrainingFailedError around it)."""
+    chain = failure_chain(error)
+    failures = [f for f in map(storage_failure, chain) if f is not None]
+    if failures:
+        failure = next((f for f in failures if f in chain), failures[0])  # one raised as a StorageError first
+        return failure.exit_status, str(failure)
+    own = [e for e in chain if not type(e).__module__.startswith("ray.")]
+    if own:
+        text = one_line(own[0])
+        return EXIT_STATUS["failed"], f"{type(own[0]).__name__}: {text[:400] + ' …' if len(text) > 400 else text}"
+    died = [e for e in chain if type(e).__name__ in _PROCESS_DIED]
+    if died:
+        return EXIT_STATUS["failed"], f"a worker process died ({type(died[0]).__name__}: {_first_line(died[0])})"
+    inner = [e for e in chain if type(e).__name__ not in _RAY_WRAPPERS] or chain
+    return EXIT_STATUS["failed"], f"{type(inner[0]).__name__}: {_first_line(inner[0])}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from ..evaluation.report import markdown_table
 from ..storage import filesystem, join
 from ..training.hooks import read_history
+from ..training.layout import CONFIG_FILE, HISTORY_FILE
 
 SHOWN_METRICS = ("eval_ari_fg", "eval_elbo", "eval_err", "eval_kl", "beta")
 
@@ -26,7 +27,7 @@ def best_trial(records: Sequence[dict[str, Any]], metric: str, mode: str) -> dic
 def heldout_curve(run_url: str, storage_options: dict | None = None) -> dict[int, dict[str, float]]:
     """step → the `eval_*` values a run's `metrics.jsonl` holds for it (empty when unreadable)."""
     try:
-        records = read_history(join(run_url, "metrics.jsonl"), storage_options, upto_step=sys.maxsize)
+        records = read_history(join(run_url, HISTORY_FILE), storage_options, upto_step=sys.maxsize)
     except (OSError, ValueError):
         return {}
     curve = {}
@@ -87,7 +88,7 @@ def write_summary(sweep_url: str, table: str, best: dict[str, Any] | None, metri
     best_url = None
     if best is not None:
         lines.append(f"Best by {metric}: {best['trial']} ({_cell(best['metrics'][metric])}), run folder {best['run']}.")
-        fs, path = filesystem(join(best["run"], "config.yaml"), storage_options)
+        fs, path = filesystem(join(best["run"], CONFIG_FILE), storage_options)
         best_url = join(sweep_url, "best.yaml")
         best_fs, best_path = filesystem(best_url, storage_options)
         best_fs.pipe_file(best_path, fs.cat_file(path))

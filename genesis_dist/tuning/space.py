@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config import SWEEP_CHOICES, ConfigError, SweepConfig, TrainConfig, find_config_dir, validate
+from ..config import SWEEP_CHOICES, ConfigError, SweepConfig, TrainConfig, find_config_dir, load_yaml, merge_config, validate
 from ..training.loop import STEP_METRICS, WINDOW_METRICS, heldout_metric_names
 
 GRID_KINDS = ("grid", "offset", "scale")
@@ -50,10 +50,7 @@ def load_space_file(name: str, config_dir: str | Path | None = None) -> tuple[Di
     if not path.is_file():
         available = sorted(p.stem for p in (config_dir / "tune").glob("*.yaml"))
         raise ConfigError(f"space={name}: no such sweep; available: {', '.join(available) or 'none'}")
-    try:
-        raw = OmegaConf.load(path)
-    except Exception as err:  # YAML errors span several lines
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    raw = load_yaml(path)
     unknown = set(raw.keys()) - {"sweep", "space"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(map(str, unknown)))}; allowed: sweep, space")
@@ -64,14 +61,7 @@ def load_space_file(name: str, config_dir: str | Path | None = None) -> tuple[Di
 
 def merge_sweep(sweep: DictConfig, other: Any, source: str) -> DictConfig:
     """`sweep` with `other` merged in (a mapping or `key=value` strings), checked."""
-    try:
-        if isinstance(other, list):
-            other = OmegaConf.from_dotlist(other)
-        sweep = OmegaConf.merge(sweep, other)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        allowed = ", ".join(SweepConfig.__dataclass_fields__)
-        raise ConfigError(f"{source}: sweep.{key}: {str(err).splitlines()[0]} (keys: {allowed})") from None
+    sweep = merge_config(sweep, other, source, prefix="sweep.")
     for key, allowed in SWEEP_CHOICES.items():
         if sweep[key] not in allowed:
             raise ConfigError(f"sweep.{key}={sweep[key]!r} is not allowed; choose one of: {', '.join(allowed)}")

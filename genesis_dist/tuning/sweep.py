@@ -16,7 +16,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import worker_range
-from ..storage import describe_failure, join, ray_storage
+from ..storage import join
+from ..training.run import storage_options as run_storage_options
+from ..training.worker import describe_failure, ray_storage
 from .space import Dimension, apply_params
 
 RUNS_FOLDER = "runs"  # {sweep}/runs/{trial id}: each trial's training run folder
@@ -85,7 +87,7 @@ def run_sweep(base: DictConfig, sweep: DictConfig, dimensions: list[Dimension], 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    storage_options = dict(base.data.storage_options)
+    storage_options = run_storage_options(base)
     runs_url = trial_runs_url(sweep_url)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=OmegaConf.to_container(base, resolve=True), runs_url=runs_url),

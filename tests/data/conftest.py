@@ -27,8 +27,9 @@ def shard_cli():
 @pytest.fixture(scope="session")
 def mds_shards(tmp_path_factory) -> str:
     """A local Multi-dSprites set: train 240 images in 6 shards of 40, test 50 in 2 shards."""
-    from genesis_dist.data.formats import multi_dsprites
+    from genesis_dist.data.convert import convert_dataset
+    from genesis_dist.data.formats.multi_dsprites import MultiDSprites
 
     out = str(tmp_path_factory.mktemp("mds") / "shards")
-    multi_dsprites.convert(out, sizes={"train": 240, "test": 50}, shard_samples=40, progress=False)
+    convert_dataset(MultiDSprites({"train": 240, "test": 50}), out, shard_samples=40, progress=False)
     return out

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genesis_dist.data.formats import multi_dsprites
+from genesis_dist.data.convert import convert_dataset
+from genesis_dist.data.formats.multi_dsprites import MultiDSprites
 from genesis_dist.data.manifest import read_manifest, split_shards
 from genesis_dist.data.reader import decode_sample, read_shard
 
@@ -52,9 +53,9 @@ def test_multi_dsprites_images_masks_and_manifest(mds_shards):
 
 def test_generation_is_reproducible_and_seeded(tmp_path):
     a, b, c = (str(tmp_path / name) for name in "abc")
-    multi_dsprites.convert(a, sizes={"train": 30}, seed=1, progress=False)
-    multi_dsprites.convert(b, sizes={"train": 30}, seed=1, workers=2, progress=False)
-    multi_dsprites.convert(c, sizes={"train": 30}, seed=2, progress=False)
+    convert_dataset(MultiDSprites({"train": 30}, seed=1), a, progress=False)
+    convert_dataset(MultiDSprites({"train": 30}, seed=1), b, workers=2, progress=False)
+    convert_dataset(MultiDSprites({"train": 30}, seed=2), c, progress=False)
     sha = {name: read_manifest(url)["splits"]["train"]["shards"][0]["sha256"] for name, url in zip("abc", (a, b, c))}
     assert sha["a"] == sha["b"] != sha["c"]
 
@@ -93,7 +94,7 @@ def test_interrupted_run_leaves_an_incomplete_manifest_that_loaders_refuse(tmp_p
     from genesis_dist.data import DataError, make_loader
 
     out = str(tmp_path / "out")
-    multi_dsprites.convert(out, sizes={"train": 20}, progress=False)
+    convert_dataset(MultiDSprites({"train": 20}), out, progress=False)
     manifest_path = Path(out) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["complete"] = False

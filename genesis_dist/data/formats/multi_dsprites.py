@@ -101,24 +101,3 @@ class MultiDSprites(Converter):
         meta = {"source": item.source, "num_sprites": count, "visible_sprites": int(len(np.unique(mask)) - 1),
                 "background": background.tolist(), "sprites": sprites}
         return [Sample(safe_key("mds", f"seed{self.seed}", split, f"{index:07d}"), image, mask, meta)]
-
-
-def convert(out_url: str, sizes: dict[str, int] | None = None, img_size: int = 64, seed: int = 0,
-            workers: int = 1, dsprites_npz: str | None = None, limit: int | None = None,
-            on_error: str = "fail", shard_samples: int | None = None,
-            storage_options: dict[str, Any] | None = None, progress: bool = True,
-            command: str | None = None) -> dict[str, Any]:
-    """Generate Multi-dSprites shards at `out_url` (any fsspec URL); returns the manifest.
-
-    `sizes`: images per split (default 50k train / 10k val / 10k test); `img_size`: pixels;
-    `seed`: fixes every image; `workers`: processes. Re-running verifies and keeps what exists.
-    """
-    from ..convert import convert_dataset
-
-    converter = MultiDSprites(sizes, img_size=img_size, seed=seed, dsprites_npz=dsprites_npz)
-    if command is None:
-        command = (f"genesis_dist.data.formats.multi_dsprites.convert({out_url!r}, sizes={converter.sizes}, "
-                   f"img_size={img_size}, seed={seed})")
-    return convert_dataset(converter, out_url, workers=workers, limit=limit, on_error=on_error,
-                           shard_samples=shard_samples, storage_options=storage_options, progress=progress,
-                           command=command)
