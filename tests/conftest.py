@@ -31,3 +31,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "integration" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> str:
+    """A generated Multi-dSprites shard set at 32 px shared by the session (tests read it,
+    never write into it; a test that damages shards copies them first): 96 train images in
+    6 shards of 16, 16 test images in 1 shard."""
+    from genesis_dist.data.convert import convert_dataset
+    from genesis_dist.data.formats.multi_dsprites import MultiDSprites
+
+    folder = str(tmp_path_factory.mktemp("data") / "multi_dsprites")
+    convert_dataset(MultiDSprites({"train": 96, "test": 16}, img_size=32), folder, shard_samples=16, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory):
+    """A TORCH_HOME holding the FID Inception weights for the session (tests/fid_weights.py:
+    skipped with a line saying how to get them, or a failure where they are required)."""
+    from fid_weights import seed_torch_home
+
+    home = seed_torch_home(tmp_path_factory.mktemp("torch_home"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(home))
+        yield home

@@ -7,14 +7,11 @@ import json
 
 import pytest
 
-ray = pytest.importorskip("ray")
 
 from tiny_config import TINY  # noqa: E402
 
 from genesis_dist import evaluate as evaluate_cli  # noqa: E402
 from genesis_dist import train as train_cli  # noqa: E402
-from genesis_dist.config import load_config  # noqa: E402
-from genesis_dist.training.run_folder import ensure_dataset  # noqa: E402
 
 BASELINES = ("monet", "slot_attention", "bd_vae", "dc_vae")
 
@@ -26,14 +23,6 @@ def cluster():
     ray_local.start(num_cpus=2)
     yield
     ray_local.stop()
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("data") / "multi_dsprites")
-    ensure_dataset(load_config(TINY + [f"data.url={url}", "data.generate_if_missing=true",
-                                       "data.generate_train=32", "data.generate_test=8"]))
-    return url
 
 
 @pytest.mark.parametrize("name", BASELINES)

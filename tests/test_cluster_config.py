@@ -165,9 +165,20 @@ def _start_watcher(cluster_address, metadata_url, node_id=None, log=None):
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_for_polls(metadata, seen: int, polls: int, timeout: float = 60.0) -> None:
+    """Wait until the metadata server has answered `polls` notice requests after the first
+    `seen` requests: a watcher polls only after installing its SIGTERM handler."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for r in metadata.requests[seen:] if r[0] == "GET" and r[1].endswith("instance-action")) >= polls:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the watchers made fewer than {polls} notice requests within {timeout:g} s")
+
+
 @pytest.mark.timeout(240)
 def test_watcher_drains_its_ray_node_as_a_preemption_on_notice_and_on_sigterm(metadata):
-    pytest.importorskip("ray")
+    import ray  # noqa: F401  (a hard dependency: a broken install fails, never skips)
     sys.path.insert(0, str(ROOT / "tests"))
     from ray_multinode import LocalCluster
 
@@ -180,9 +191,10 @@ def test_watcher_drains_its_ray_node_as_a_preemption_on_notice_and_on_sigterm(me
         assert lookup.returncode == 2, out
         assert out.strip().splitlines()[-1].startswith(f"spot_watcher: error: 3 alive Ray nodes at {noticed.node_ip_address}")
 
+        seen = len(metadata.requests)
         first = _start_watcher(cluster.address, metadata.url, noticed.node_id)
         second = _start_watcher(cluster.address, metadata.url, terminated.node_id)
-        time.sleep(3)
+        _wait_for_polls(metadata, seen, 4)  # both are polling (and found no notice)
         assert first.poll() is None and cluster.node_state(noticed.node_id)[0] == "ALIVE"  # no notice yet
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
         metadata.notice = {"action": "terminate", "time": when}
@@ -196,8 +208,9 @@ def test_watcher_drains_its_ray_node_as_a_preemption_on_notice_and_on_sigterm(me
         assert cluster.wait_dead(terminated.node_id) == "AUTOSCALER_DRAIN_PREEMPTED"
         metadata.notice = None
         spare = cluster.add_node()
+        seen = len(metadata.requests)
         third = _start_watcher(cluster.address, metadata.url, spare.node_id)
-        time.sleep(3)
+        _wait_for_polls(metadata, seen, 1)  # its SIGTERM handler is in place
         third.send_signal(signal.SIGTERM)
         out, _ = third.communicate(timeout=60)
         assert third.returncode == 0 and "SIGTERM (instance shutting down)" in out, out

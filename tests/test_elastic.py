@@ -214,7 +214,7 @@ def test_num_workers_takes_a_number_or_a_range():
 
 
 def test_build_trainer_selects_rays_elastic_policy(tmp_path):
-    pytest.importorskip("ray")
+    import ray  # noqa: F401  (a hard dependency: a broken install fails, never skips)
     from genesis_dist.training.worker import build_trainer
 
     common = ["scaling.use_gpu=false", f"run.storage_path={tmp_path}"]
@@ -387,4 +387,3 @@ def test_elastic_run_survives_a_preempted_and_a_killed_node_and_trains_every_sam
         assert meta["data_position"]["world_size"] in (1, 2)
     final = [torch.load(run / f"checkpoint_{steps:08d}" / f"worker_{r}.pt", weights_only=True) for r in (0, 1)]
     assert final[0]["beta"] == final[1]["beta"] and final[0]["params_sha256"] == final[1]["params_sha256"]
-    assert time.monotonic() - started < 400

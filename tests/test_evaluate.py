@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402  (a hard dependency: a broken install fails, never skips)
 
-from fid_weights import seed_torch_home  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from tiny_config import TINY as BASE_TINY  # noqa: E402
@@ -43,14 +42,6 @@ def ray_cluster(s3_server):
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def torch_home(tmp_path_factory):
-    home = seed_torch_home(tmp_path_factory.mktemp("torch_home"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(home))
-        yield home
 
 
 @pytest.fixture(scope="module")

@@ -296,7 +296,7 @@ def test_a_storage_failure_in_a_data_loading_process_keeps_its_kind(s3_server):
 def test_a_failed_runs_line_names_the_workers_own_error():
     """Ray Train V2 raises TrainingFailedError around the workers' errors: the line names
     the error inside (with Ray's own exception types, as pickled back from workers)."""
-    pytest.importorskip("ray")
+    import ray  # noqa: F401  (a hard dependency: a broken install fails, never skips)
     from ray.exceptions import ActorDiedError
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback, WorkerHealthCheckFailedError
     from ray.train.v2.api.exceptions import WorkerGroupError

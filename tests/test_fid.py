@@ -42,14 +42,6 @@ def toy_scenes(generator: torch.Generator, n: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def torch_home(tmp_path_factory):
-    home = seed_torch_home(tmp_path_factory.mktemp("torch_home"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(home))
-        yield home
-
-
-@pytest.fixture(scope="module")
 def extractor(torch_home):
     return InceptionFeatures()
 

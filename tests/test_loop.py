@@ -8,7 +8,6 @@ import torch
 
 from genesis_dist.config import ObjectiveConfig, load_config
 from genesis_dist.objectives import GECO
-from genesis_dist.training.run_folder import ensure_dataset
 from genesis_dist.training.loop import Hook, MetricWindow, TrainState, fit, lr_factor, make_optimizer, seed_everything, train_step
 from genesis_dist.training.objective import TrainingObjective, base_objective
 from genesis_dist.training.run import publish_to_run_folder, train_rank
@@ -132,14 +131,6 @@ def test_unknown_precision_is_rejected():
     model, objective, optimizer = _setup()
     with pytest.raises(ValueError, match="fp8"):
         train_step(model, objective, optimizer, torch.rand(2, 3, 32, 32), precision="fp8")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("data") / "multi_dsprites")
-    ensure_dataset(load_config(TINY + [f"data.url={url}", "data.generate_if_missing=true",
-                                       "data.generate_train=64", "data.generate_test=8"]))
-    return url
 
 
 def _run(shards, run_url, steps, checkpoint_folder=None):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402  (a hard dependency: a broken install fails, never skips)
 
 from tiny_config import TINY  # noqa: E402
 
@@ -30,15 +30,6 @@ def ray_cluster(s3_server):
              runtime_env={"env_vars": s3_server.env})
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("data") / "multi_dsprites")
-    cfg = load_config(TINY + [f"data.url={url}", "data.generate_if_missing=true",
-                              "data.generate_train=96", "data.generate_test=16"])
-    ensure_dataset(cfg)
-    return url
 
 
 def _config(shards, storage, name, *extra):

@@ -40,17 +40,16 @@ class TestSet:
     content (sha256 of its shards' sha256s) for the FID statistics cache.
     """
 
-    url: str
+    shards: Any  # data.ShardSet: where the split is, its manifest read once
     split: str
     images: torch.Tensor
     masks: torch.Tensor | None
     split_size: int
     fid_key: str
-    storage_options: dict
 
 
 def split_fingerprint(manifest: dict[str, Any], split: str) -> str:
-    """sha256 over the split's shard names, counts and sha256s (from `manifest.json`): a
+    """sha256 over the split's shard names, counts and sha256s (from the manifest): a
     key that changes whenever the test images do."""
     entry = manifest["splits"][split]
     content = {"dataset": manifest.get("dataset"), "resolution": manifest.get("resolution"), "split": split,
@@ -58,16 +57,16 @@ def split_fingerprint(manifest: dict[str, Any], split: str) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def test_image_batches(data: dict[str, Any], batch_size: int, limit: int):
-    """Float image batches `[b, 3, H, W]` of the first `limit` images of the split, in
-    manifest order (the same images every time)."""
+def test_image_batches(shards, split: str, batch_size: int, limit: int):
+    """Float image batches `[b, 3, H, W]` (and their masks) of the first `limit` images of
+    `split` of the ShardSet `shards`, in manifest order (the same images every time)."""
     from ..data import make_loader
 
-    loader = make_loader(data["url"], data["split"], batch_size, rank=0, world_size=1, num_workers=0, seed=0,
-                         shuffle_buffer=0, drop_last=False, storage_options=data["storage_options"])
-    seen = 0
     if limit <= 0:
         return
+    loader = make_loader(shards, split, batch_size, rank=0, world_size=1, num_workers=0, seed=0,
+                         shuffle_buffer=0, drop_last=False)
+    seen = 0
     for batch in loader:
         images = batch["image"][: limit - seen]
         seen += images.shape[0]
@@ -78,28 +77,22 @@ def test_image_batches(data: dict[str, Any], batch_size: int, limit: int):
 
 def load_test_set(data: dict[str, Any], limit: int | None, batch_size: int) -> TestSet:
     """The first `limit` images (all when None) of `data = {url, split, storage_options}`."""
-    from ..data import read_manifest
+    from ..data import DataError, ShardSet
 
-    manifest = read_manifest(data["url"], data["storage_options"])
-    if data["split"] not in manifest.get("splits", {}):
-        from ..data import DataError
-
-        raise DataError(f"{data['url']}: no split {data['split']!r} (splits: {', '.join(sorted(manifest.get('splits', {})))})")
-    split_size = int(manifest["splits"][data["split"]]["count"])
+    shards = ShardSet.open(data["url"], data["storage_options"])
+    split_size = shards.split_size(data["split"])
     limit = split_size if limit is None else min(limit, split_size)
     images, masks = [], []
-    for batch_images, batch_masks in test_image_batches(data, batch_size, limit):
+    for batch_images, batch_masks in test_image_batches(shards, data["split"], batch_size, limit):
         images.append(to_uint8(batch_images))
         if batch_masks is not None:
             small = batch_masks.numel() == 0 or int(batch_masks.max()) < 256
             masks.append(batch_masks.to(torch.uint8 if small else torch.long))
     if not images:
-        from ..data import DataError
-
         raise DataError(f"{data['url']}: split {data['split']!r} has no images")
-    labels = foreground_labels(torch.cat(masks), manifest.get("background_entities")) if masks else None
-    return TestSet(data["url"], data["split"], torch.cat(images), labels, split_size,
-                   split_fingerprint(manifest, data["split"]), data["storage_options"])
+    labels = foreground_labels(torch.cat(masks), shards.background_entities) if masks else None
+    return TestSet(shards, data["split"], torch.cat(images), labels, split_size,
+                   split_fingerprint(shards.manifest, data["split"]))
 
 
 def true_components(labels: torch.Tensor) -> torch.Tensor:
@@ -158,7 +151,8 @@ class CheckpointEvaluator:
 
             count = min(self.config["fid_samples"], test.split_size)
             cache = os.path.expanduser(self.config["stats_cache"]) if "://" not in self.config["stats_cache"] else self.config["stats_cache"]
-            batches = (images.to(self.device) for images, _ in test_image_batches(data, self.config["batch_size"], count))
+            batches = (images.to(self.device) for images, _ in test_image_batches(test.shards, test.split,
+                                                                                  self.config["batch_size"], count))
             mu, sigma = cached_statistics(test.fid_key, batches, cache, self.inception, count,
                                           self.config.get("storage_options") or None)
             self.reference[key] = (mu, sigma, count)
