@@ -151,3 +151,22 @@ def test_each_readme_sweep_command_composes_what_it_says(args):
     assert (grid_size(dimensions, sweep.num_samples), sweep.metric, sweep.scheduler) == (trials, metric, scheduler)
     goals = next(d.values for d in dimensions if d.key == "objective.goal")
     assert goals[0] == base.objective.goal  # the sweep starts at the dataset's paper goal
+
+
+def test_the_layout_names_every_folder_and_top_level_module_and_nothing_else():
+    """README's Layout block matches the tree: the repository's tracked top-level folders,
+    genesis_dist's packages and top-level modules, each named once and none that is not there
+    (ARCHITECTURE.md lists every module; tests/test_architecture.py checks that list)."""
+    import subprocess
+
+    root = README.parent
+    lines = README.read_text().split("## Layout", 1)[1].split("```")[1].splitlines()
+    folders = {m.group(1) for line in lines if (m := re.match(r"([a-z_]+)/", line))}
+    packages = {m.group(1) for line in lines if (m := re.match(r"  ([a-z_]+)/", line))}
+    modules = {name for line in lines if re.match(r"  [a-z_]+\.py", line)
+               for name in re.findall(r"[a-z_]+\.py", line.split("   ")[0])}
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert folders == {path.split("/")[0] for path in tracked if "/" in path and not path.startswith(".")}
+    package = root / "genesis_dist"
+    assert packages == {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    assert modules == {p.name for p in package.glob("*.py") if p.name != "__init__.py"}

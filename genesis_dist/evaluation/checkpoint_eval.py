@@ -1,5 +1,5 @@
 """Evaluate one training checkpoint on a run's test split; no Ray (the pool in
-`genesis_dist.evaluate` wraps `CheckpointEvaluator` as a Ray actor).
+`evaluation/pool.py` wraps `CheckpointEvaluator` as a Ray actor).
 
 An evaluator loads the Inception network once and each test set once (held in memory as
 uint8), then scores any number of checkpoints: ELBO / err / KL, segmentation (ARI, SC,

@@ -1,9 +1,10 @@
 """The one training loop, with no Ray: `fit` runs steps and calls hooks.
 
-The Ray worker (`training/worker.py`), the tests and the learning benchmarks all
-call `fit`; what differs between them (checkpoints, logging, figures, reporting
-to Ray, time budgets) is a `Hook` (see `training/hooks.py`), as torchtitan
-composes its trainer from components.
+The Ray worker (`training/worker.py`), the tests and `benchmarks/learning_check.py`
+call `fit` (the throughput benchmarks time its `train_step`); what differs between them
+(checkpoints, logging, figures, reporting to Ray, time budgets) is a `Hook` (see
+`training/hooks.py`), as torchtitan composes its trainer from components. The loss is
+the training objective's (`training/objective.py`), outside the model.
 
 A step never waits for the host: its scalars stay on the device, summed in a
 `MetricWindow`, and are read (one synchronisation) only on steps where a hook
