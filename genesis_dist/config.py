@@ -65,18 +65,13 @@ MAY_CHANGE_ON_RESUME = (
 def find_config_dir() -> Path:
     """The folder holding `train.yaml` and the group folders.
 
-    `GENESIS_DIST_CONFIGS` wins; then the copy installed inside the package
-    (`pip install .` puts the repository's top-level `configs/` there); then the
-    repository's `configs/` beside the package (a source checkout or editable install).
+    `GENESIS_DIST_CONFIGS` wins; else the package's own `configs/` (the repository's
+    top-level `configs` links to it; `pip install .` ships it inside the package).
     """
     env = os.environ.get("GENESIS_DIST_CONFIGS")
     if env:
         return Path(env).expanduser()
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "configs", package.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    return package.parent / "configs"
+    return Path(__file__).resolve().parent / "configs"
 
 
 def _one_line(err: OmegaConfBaseException, source: str, root: DictConfig, prefix: str) -> str:

@@ -138,7 +138,7 @@ def test_missing_train_yaml_names_the_path(tmp_path):
 
 
 def test_configs_are_found_from_any_working_directory(tmp_path):
-    assert find_config_dir() == REPO / "configs"
+    assert find_config_dir() == (REPO / "configs").resolve() == REPO / "genesis_dist" / "configs"
     env = {k: v for k, v in os.environ.items() if k != "GENESIS_DIST_CONFIGS"}
     out = subprocess.run([sys.executable, "-m", "genesis_dist.train", "model=genesis", "--print-config"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
@@ -171,7 +171,9 @@ def test_pyproject_lists_every_package():
     from setuptools import find_packages
 
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    assert listed == set(find_packages(str(REPO), include=["genesis_dist*"])) | {"genesis_dist.configs"}
+    configs = {"genesis_dist.configs"} | {f"genesis_dist.configs.{p.name}" for p in (REPO / "configs").iterdir()
+                                          if p.is_dir() and any(p.glob("*.yaml"))}
+    assert listed == set(find_packages(str(REPO), include=["genesis_dist*"])) | configs
 
 
 def test_batch_semantics_per_worker_global_and_lr_scaling():

@@ -139,6 +139,8 @@ class TrainingObjective:
         Returns (loss, err `[B]`, kl `[B]`, extra `[B]` terms by name: the model's `aux` and the
         weighted aids that are on at this step), err and kl in nats per image. Sets GECO's goal
         for this step (its `update` follows the optimiser step)."""
+        if step is None and (self.anneals_sigma or self.guides_masks or self.hints_colour):
+            raise ValueError("this objective follows a curriculum schedule: pass the optimiser step")
         err = at_least_float32(out.err)
         if self.anneals_sigma:
             err = at_least_float32(mixture_nll(full_precision(images), out.log_masks, out.components,
