@@ -25,6 +25,7 @@ Exit status (one line on stderr for each failure): 0 done, 1 some checkpoint fai
 rest were evaluated), 2 usage error, 3 no credentials, 4 access denied, 5 a missing bucket
 or object, 6 the object store unreachable (or failing after retries), 7 disk full,
 8 another evaluator is evaluating this run.
+`--debug` (or GENESIS_DIST_DEBUG=1) prints a failure's traceback before its line.
 """
 from __future__ import annotations
 

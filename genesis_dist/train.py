@@ -30,6 +30,7 @@ Exit status (one line on stderr for each failure): 0 finished, 1 the run failed 
 run.max_failures restarts), 2 a usage or config error, 3 no credentials, 4 access denied,
 5 a missing bucket or object, 6 the object store unreachable (or failing after retries),
 7 disk full.
+`--debug` (or GENESIS_DIST_DEBUG=1) prints a failure's traceback before its line.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
         elif item.startswith("--config="):
             config_file = item.split("=", 1)[1]
         elif item.startswith("-"):
-            raise ConfigError(f"unknown option {item}; options: --config FILE, --print-config, --help")
+            raise ConfigError(f"unknown option {item}; options: --config FILE, --print-config, --debug, --help")
         else:
             overrides.append(item)
     return overrides, config_file, print_only

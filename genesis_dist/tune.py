@@ -21,6 +21,7 @@ Exit status (one line on stderr for each failure): 0 every trial finished or was
 early by the scheduler, 1 some trial failed, 2 a usage or config error (reported before any
 trial starts), 3 no credentials, 4 access denied, 5 a missing bucket or object, 6 the object
 store unreachable (or failing after retries), 7 disk full.
+`--debug` (or GENESIS_DIST_DEBUG=1) prints a failure's traceback before its line.
 """
 from __future__ import annotations
 

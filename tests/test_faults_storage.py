@@ -19,12 +19,13 @@ from s3_faults import Fault, FaultyS3
 
 from genesis_dist.config import load_config
 from genesis_dist.evaluation.lease import EvalLease, LeaseBusy, LeaseLost
-from genesis_dist.storage import (EXIT_STATUS, StorageError, aws_environment, create_exclusive, describe_failure,
+from genesis_dist.storage import (EXIT_STATUS, StorageError, aws_environment, create_exclusive,
                                   redacted, storage_errors, without_secrets)
 from genesis_dist.training.checkpoint import (CheckpointError, best_checkpoint_url, latest_complete_checkpoint,
                                               load_checkpoint, read_best_pointer, resolve_checkpoint, save_best,
                                               save_checkpoint)
 from genesis_dist.training.run_folder import only_generate_where_configured
+from genesis_dist.training.worker import describe_failure
 
 NO_AWS = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 

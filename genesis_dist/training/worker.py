@@ -175,23 +175,20 @@ _RAY_WRAPPERS = {"TrainingFailedError", "WorkerGroupError", "ControllerError", "
 
 
 def failure_chain(error: BaseException) -> list[BaseException]:
-    """`error` and every error it wraps: causes and contexts, and Ray's wrappers (a
-    TrainingFailedError's `worker_failures` and `controller_failure`, a worker's
-    `_base_exc`, a RayTaskError's `cause`), found by attribute."""
-    seen: set[int] = set()
+    """`error` and every error it wraps: causes and contexts (`storage.root_errors`), and
+    Ray's wrappers (a TrainingFailedError's `worker_failures` and `controller_failure`, a
+    worker's `_base_exc`, a RayTaskError's `cause`), found by attribute."""
     chain: list[BaseException] = []
-    todo: list[BaseException | None] = [error]
+    todo: list[BaseException] = [error]
     while todo:
-        current = todo.pop(0)
-        if current is None or id(current) in seen or not isinstance(current, BaseException):
-            continue
-        seen.add(id(current))
-        chain.append(current)
-        failures = getattr(current, "worker_failures", None)
-        if isinstance(failures, dict):
-            todo.extend(failures.values())
-        todo += [getattr(current, name, None) for name in ("_base_exc", "controller_failure", "cause")]
-        todo += list(root_errors(current))[1:]
+        for current in root_errors(todo.pop(0)):
+            if any(current is seen for seen in chain):
+                continue
+            chain.append(current)
+            failures = getattr(current, "worker_failures", None)
+            todo += list(failures.values()) if isinstance(failures, dict) else []
+            todo += [wrapped for name in ("_base_exc", "controller_failure", "cause")
+                     if isinstance(wrapped := getattr(current, name, None), BaseException)]
     return chain
 
 
