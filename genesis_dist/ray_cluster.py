@@ -7,9 +7,18 @@ placement-group cleaner queries the state API without an address and, when anoth
 Ray instance runs on the same machine, fails ("Found multiple active Ray instances")
 and leaks the placement group of a finished or stopped run, so the next run of a
 sweep waits for resources forever.
+
+Quiet unless `verbose`: Ray's INFO lines and its processes' output stay out of the
+command's output (the command shows its own progress); Ray Train does not route the
+workers' `print` through its logger (which printed every line twice); Ray's notice that
+it turned token authentication on by default is dropped (that one message); and a local
+cluster runs without Ray Train's preemption
+watcher (a single machine has no spot notices; its actor logged an error-level line at
+every start, Ray issue 53727). A cluster joined through `RAY_ADDRESS` keeps its watcher.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -21,16 +30,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def connect(env_vars: dict[str, str] | None = None, **init_kwargs) -> str | None:
+# Ray Train settings for this job's processes: print once (Train's print patch sent every
+# line through its logger and to stdout).
+TRAIN_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+# And on a local cluster: no preemption watcher (see the module docstring).
+LOCAL_TRAIN_ENVIRONMENT = {**TRAIN_ENVIRONMENT, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+# Ray 2.60 announces at every local start that it turned token authentication on by default
+# (README, "Authentication in Ray 2.60"); that one notice is dropped unless verbose.
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster."
+
+
+def _drop_token_default_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(TOKEN_NOTICE)
+
+
+def connect(env_vars: dict[str, str] | None = None, verbose: bool = True, **init_kwargs) -> str | None:
     """`ray.init` once: join `RAY_ADDRESS`, or start a local cluster (see module doc).
-    `env_vars` go to every task and actor of this job (its runtime environment).
+    `env_vars` go to every task and actor of this job (its runtime environment); `verbose`
+    False keeps Ray's own lines and its processes' output out of this command's output.
     Returns the dashboard's URL when this call connected and the cluster has one."""
     import ray
 
     if ray.is_initialized():
         return None
-    runtime_env = {"env_vars": dict(env_vars or {})}
-    if os.environ.get("RAY_ADDRESS"):
+    joining = bool(os.environ.get("RAY_ADDRESS"))
+    runtime_env = {"env_vars": {**(TRAIN_ENVIRONMENT if joining else LOCAL_TRAIN_ENVIRONMENT), **(env_vars or {})}}
+    if not verbose:
+        init_kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **init_kwargs}
+        logging.getLogger(TOKEN_LOGGER).addFilter(_drop_token_default_notice)
+    if joining:
         context = ray.init(runtime_env=runtime_env, **init_kwargs)
     else:
         port = free_port()

@@ -35,31 +35,58 @@ run.max_failures restarts), 2 a usage or config error, 3 no credentials, 4 acces
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .command import run_command
 from .config import ConfigError, load_config
+from .console import Follower, ProgressView, closing_lines, header
+from .ray_cluster import connect
 from .storage import aws_environment, join, redacted, warn_secrets_on_command_line
 from .training.layout import FIGURES_FOLDER, TENSORBOARD_FOLDER, figure_name
+from .training.progress import heldout_line
 from .training.run_folder import only_generate_where_configured, prepare_run, run_url, with_absolute_paths
 from .training.worker import build_trainer, describe_failure
 
 
 
-def _init_ray() -> None:
-    from .ray_cluster import connect
+def train_with_progress(prepared, dashboard: str | None, verbose: bool):
+    """Fit the run with its header, progress bar (or lines) and held-out lines on this
+    terminal (module console.py); returns Ray's Result."""
+    import torch
 
-    connect(aws_environment())
+    from .config import worker_range
+    from .models import build_model, count_parameters
+    from .training.checkpoint import latest_complete_checkpoint
+    from .training.run import resolve_precision, storage_options
+    from .training.worker import start_progress_board, uses_gpu
 
+    cfg, data = prepared.cfg, prepared.data
+    gpu = uses_gpu(cfg)
+    low, high = worker_range(cfg.scaling)
+    workers = f"{low} worker{'s' * (low > 1)}" if low == high else f"{low}–{high} workers (elastic)"
+    latest = latest_complete_checkpoint(run_url(cfg), storage_options(cfg)) if prepared.resuming else None
+    splits = data.manifest.get("splits", {})
+    lines = header(cfg, parameters=count_parameters(build_model(cfg.model)),
+                   train_images=splits.get(cfg.data.train_split, {}).get("count"),
+                   test_images=splits.get(cfg.data.eval_split, {}).get("count"), has_mask=data.has_mask,
+                   workers=workers, precision=resolve_precision(cfg.optim.precision, torch.device("cuda" if gpu else "cpu")),
+                   device="GPUs" if gpu else "CPUs", resuming=latest is not None, folder=run_url(cfg),
+                   dashboard=dashboard)
+    if latest is not None:
+        lines[3] = lines[3].replace("(resuming)", f"(resuming from step {latest[0]:,})")
+    print("\n".join(lines), flush=True)
+    if verbose:  # Ray's own output and the workers' lines as they print them
+        return build_trainer(cfg).fit()
+    import ray
 
-def run(cfg: DictConfig):
-    """Train `cfg` (local paths absolute: `with_absolute_paths`) to completion; returns Ray's
-    Result (raises ConfigError for a config that conflicts with an existing run of the same name)."""
-    cfg = prepare_run(cfg)
-    _init_ray()
-    return build_trainer(cfg).fit()
+    board = start_progress_board()
+    follower = Follower(lambda: ray.get(board.take.remote()),
+                        ProgressView(cfg.optim.steps, start=latest[0] if latest else 0))
+    try:
+        return build_trainer(cfg, progress_board=board).fit()
+    finally:
+        follower.stop()
 
 
 def failure_line(err: BaseException, cfg: DictConfig | None) -> tuple[int, str]:
@@ -73,13 +100,15 @@ def failure_line(err: BaseException, cfg: DictConfig | None) -> tuple[int, str]:
     return status, f"error: {line}"
 
 
-def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
-    """(overrides, --config file, --print-config)."""
-    overrides, config_file, print_only = [], None, False
+def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool, bool]:
+    """(overrides, --config file, --print-config, --verbose)."""
+    overrides, config_file, print_only, verbose = [], None, False, False
     items = iter(argv)
     for item in items:
         if item == "--print-config":
             print_only = True
+        elif item == "--verbose":
+            verbose = True
         elif item == "--config":
             config_file = next(items, None)
             if config_file is None:
@@ -87,34 +116,11 @@ def _parse_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
         elif item.startswith("--config="):
             config_file = item.split("=", 1)[1]
         elif item.startswith("-"):
-            raise ConfigError(f"unknown option {item}; options: --config FILE, --print-config, --debug, --help")
+            raise ConfigError(f"unknown option {item}; options: --config FILE, --print-config, --verbose, --debug, "
+                              "--help")
         else:
             overrides.append(item)
-    return overrides, config_file, print_only
-
-
-def final_line(metrics: dict[str, Any]) -> str:
-    """The run's closing numbers on its held-out images: err, KL, ELBO (nats per image) and,
-    where the data has masks, foreground ARI and mSC of the decoder masks beside the
-    one-slot answer's and the colour partition's, then those of GENESIS-V2's attention masks."""
-    def number(key: str, spec: str) -> str | None:
-        value = metrics.get(key)
-        return format(value, spec) if isinstance(value, (int, float)) and value == value else None
-
-    parts = [f"step {number('step', 'd')}"] if number("step", "d") else []
-    parts += [f"{name} {number(key, '.1f')}" for name, key in (("err", "eval_err"), ("KL", "eval_kl"),
-                                                                 ("ELBO", "eval_elbo")) if number(key, ".1f")]
-    for name, key in (("ARI-FG", "ari_fg"), ("mSC-FG", "msc_fg")):
-        if number(f"eval_{key}", ".3f"):
-            beside = [f"one slot: {number(f'eval_one_slot_{key}', '.3f')}"]
-            if number(f"eval_colour_{key}", ".3f"):
-                beside.append(f"colour alone: {number(f'eval_colour_{key}', '.3f')}")
-            parts.append(f"{name} {number(f'eval_{key}', '.3f')} ({'; '.join(beside)})")
-    attention = [f"{name} {number(f'eval_{key}_att', '.3f')}" for name, key in (("ARI-FG", "ari_fg"), ("mSC-FG", "msc_fg"))
-                 if number(f"eval_{key}_att", ".3f")]
-    if attention:
-        parts.append("attention masks " + ", ".join(attention))
-    return ", ".join(parts)
+    return overrides, config_file, print_only, verbose
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,34 +131,36 @@ def main(argv: list[str] | None = None) -> int:
     composed: list[DictConfig] = []  # the config, once composed: a failed run's line names its folder
 
     def train(args: list[str]) -> int:
-        overrides, config_file, print_only = _parse_args(args)
+        overrides, config_file, print_only, verbose = _parse_args(args)
         warn_secrets_on_command_line("genesis_dist.train", overrides)
         cfg = with_absolute_paths(load_config(overrides, base_file=config_file))
         composed.append(cfg)
-        print(OmegaConf.to_yaml(redacted(OmegaConf.to_container(cfg))), flush=True)
+        if print_only or verbose:
+            print(OmegaConf.to_yaml(redacted(OmegaConf.to_container(cfg))), flush=True)
         if print_only:
             return 0
-        result = run(only_generate_where_configured(cfg, overrides))
+        prepared = prepare_run(only_generate_where_configured(cfg, overrides))
+        dashboard = connect(aws_environment(), verbose=verbose)
+        result = train_with_progress(prepared, dashboard, verbose)
         if result.error is not None:  # Ray Train V2 raises instead; kept for a Result that carries one
             raise result.error
-        report_result(cfg, result)
+        print("\n".join(result_lines(cfg, result)), flush=True)
         return 0
 
     return run_command("genesis_dist.train", train, list(argv),
                        describe=lambda err: failure_line(err, composed[-1] if composed else None))
 
 
-def report_result(cfg: DictConfig, result) -> None:
+def result_lines(cfg: DictConfig, result) -> list[str]:
     """The last lines of a finished run: where its folder, TensorBoard events, latest
-    checkpoint and decomposition figure are, and its held-out numbers (`final_line`)."""
+    checkpoint and decomposition figure are, and its held-out numbers (the last line)."""
     folder = run_url(cfg)
     final = result.metrics or {}
-    print(f"[genesis-dist] run folder: {folder}  TensorBoard: tensorboard --logdir {join(folder, TENSORBOARD_FOLDER)}")
-    print(f"[genesis-dist] latest checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
     step = final.get("step")
-    figure = join(folder, FIGURES_FOLDER, figure_name("decomposition", step) if isinstance(step, int) else "")
-    print(f"[genesis-dist] held-out ({final.get('eval_images', cfg.run.eval_images)} images): {final_line(final)} "
-          f"— open {figure.rstrip('/')}")
+    figure = join(folder, FIGURES_FOLDER, figure_name("decomposition", step)) if isinstance(step, int) else \
+        join(folder, FIGURES_FOLDER)
+    return closing_lines(folder, join(folder, TENSORBOARD_FOLDER), result.checkpoint.path if result.checkpoint else None,
+                         figure, heldout_line(final), final.get("eval_images", cfg.run.eval_images))
 
 
 if __name__ == "__main__":

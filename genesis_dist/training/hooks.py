@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from typing import Any, Callable
 
 import torch
@@ -17,6 +18,7 @@ from ..storage import filesystem, join, without_secrets
 from .checkpoint import rng_state, save_best, save_checkpoint
 from .layout import FIGURES_FOLDER, FINISHED_FILE, HISTORY_FILE, figure_name, worker_file
 from .loop import Hook, TrainState, evaluate_batch
+from .progress import TICK_SECONDS, Progress, heldout_event, print_events, step_event, tick_event
 
 Publish = Callable[[str, dict[str, Any], int], None]  # (checkpoint folder, metrics, step)
 
@@ -68,29 +70,33 @@ class InjectedFailure(Hook):
 
 
 class RunLog(Hook):
-    """Rank 0's record of training: every `log_every` steps a line on stdout, TensorBoard
-    scalars and a record in `metrics.jsonl` (written at checkpoints)."""
+    """Rank 0's record of training: every `log_every` steps TensorBoard scalars, a record in
+    `metrics.jsonl` (written at checkpoints) and a `step` event for whoever watches
+    (`progress`, training/progress.py), between them a `tick` event at most every
+    TICK_SECONDS, and the held-out scores of each checkpoint as a `heldout` event."""
 
     def __init__(self, run_url: str, log_every: int, total_steps: int, logger, storage_options: dict | None,
-                 start_step: int = 0, print_line: Callable[[str], None] = print):
+                 start_step: int = 0, progress: Progress = print_events):
         self.log_every, self.total, self.logger = log_every, total_steps, logger
         self.storage_options = storage_options
         self.history_url = join(run_url, HISTORY_FILE)
         self.history = read_history(self.history_url, storage_options, start_step)
-        self.print_line = print_line
+        self.progress = progress
+        self.last_tick = time.monotonic()
 
     def wants_metrics(self, step: int) -> bool:
         return step % self.log_every == 0
 
     def after_step(self, state: TrainState, metrics: dict[str, float] | None) -> None:
         if metrics is None:
+            if time.monotonic() - self.last_tick >= TICK_SECONDS:
+                self.last_tick = time.monotonic()
+                self.progress(tick_event(state.step))
             return
         self.history.append(dict(metrics))
         self.logger.scalars(state.step, {k: v for k, v in metrics.items() if k != "step"})
-        self.print_line(
-            f"[genesis-dist] step {state.step}/{self.total} err {metrics['err']:.1f} kl {metrics['kl']:.1f} "
-            f"beta {metrics['beta']:.3g} {metrics['img_per_s']:.1f} img/s"
-        )
+        self.last_tick = time.monotonic()
+        self.progress(step_event(state.step, self.total, metrics))
 
     def add_eval(self, step: int, scores: dict[str, float]) -> None:
         """Held-out scores join the step's record and TensorBoard; the history is saved."""
@@ -99,6 +105,7 @@ class RunLog(Hook):
         self.logger.scalars(step, scores, prefix="heldout")
         write_history(self.history_url, self.history, self.storage_options)
         self.logger.flush()
+        self.progress(heldout_event(step, scores))
 
     def on_end(self, state: TrainState) -> None:
         self.logger.close()

@@ -19,6 +19,7 @@ from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publis
 from .layout import worker_file
 from .loop import Hook, TrainState, fit, make_grad_scaler, make_optimizer, seed_everything, set_base_lr, use_channels_last
 from .objective import make_objective
+from .progress import Progress, note_event, print_events
 from .sync_batchnorm import sync_batchnorm
 
 
@@ -179,7 +180,7 @@ def images_of(batches: Iterator[dict[str, Any]]) -> Iterator[torch.Tensor]:
 
 
 def standard_hooks(cfg: DictConfig, run_url: str, plan: RankPlan, data: ShardSet, loader, publish: Publish,
-                   start_step: int = 0, best_score: float | None = None, print_line: Callable[[str], None] = print,
+                   start_step: int = 0, best_score: float | None = None, progress: Progress = print_events,
                    kill_at_step: int | None = None) -> list[Hook]:
     """Fault injection (tests: `kill_at_step`), then on rank 0 the run log, figures and
     finished marker, and on every rank the checkpoints (rank 0 scoring `run.eval_images`
@@ -194,7 +195,7 @@ def standard_hooks(cfg: DictConfig, run_url: str, plan: RankPlan, data: ShardSet
         logger = RunLogger(run_url, data.storage_options)
         heldout = heldout_batch(cfg, data, plan.device)
         run_log = RunLog(run_url, cfg.run.log_every, cfg.optim.steps, logger, data.storage_options, start_step,
-                         print_line)
+                         progress)
         hooks += [run_log, Figures(run_url, cfg.run.image_every, cfg.optim.steps, heldout[0], logger,
                                    data.storage_options, masks=heldout[1])]
     hooks.append(Checkpoints(cfg, run_url, plan.rank, loader, publish, data.storage_options, heldout, run_log,
@@ -206,7 +207,7 @@ def standard_hooks(cfg: DictConfig, run_url: str, plan: RankPlan, data: ShardSet
 
 def train_rank(cfg: DictConfig, run_url: str, rank: int, world: int, device: torch.device, publish: Publish,
                checkpoint_folder: str | None = None, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-               print_line: Callable[[str], None] = print, kill_at_step: int | None = None) -> TrainState:
+               progress: Progress = print_events, kill_at_step: int | None = None) -> TrainState:
     """Run one rank of `cfg` to `optim.steps`: plan, build, resume from `checkpoint_folder`
     if given, wrap the model (DDP) with `wrap_model`, and `fit` with the standard hooks.
     `kill_at_step` (fault injection for tests) makes the last rank SIGKILL itself once there."""
@@ -215,12 +216,12 @@ def train_rank(cfg: DictConfig, run_url: str, rank: int, world: int, device: tor
     state = build_state(cfg, plan)
     loader = make_train_loader(cfg, data, plan)
     if rank == 0:
-        print_line(f"[genesis-dist] {plan.describe(cfg)}")
+        progress(note_event(plan.describe(cfg)))
     best = None
     if checkpoint_folder is not None:
         best = restore(state, loader, checkpoint_folder, rank, cfg.run.seed)
         if rank == 0:
-            print_line(f"[genesis-dist] resumed from step {state.step}")
+            progress(note_event(f"resumed from step {state.step}"))
     else:
         seed_rank(cfg.run.seed, rank)
     if world > 1 and cfg.scaling.sync_batchnorm:
@@ -229,7 +230,7 @@ def train_rank(cfg: DictConfig, run_url: str, rank: int, world: int, device: tor
         state.model = torch.compile(state.model)
     if wrap_model is not None:
         state.model = wrap_model(state.model)
-    hooks = standard_hooks(cfg, run_url, plan, data, loader, publish, state.step, best, print_line, kill_at_step)
+    hooks = standard_hooks(cfg, run_url, plan, data, loader, publish, state.step, best, progress, kill_at_step)
     batches = loader.forever()
     if cfg.run.log_sample_keys:
         from .sample_log import logged_batches

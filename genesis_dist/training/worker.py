@@ -17,6 +17,7 @@ from ..storage import (EXIT_STATUS, Secret, StorageError, aws_environment, files
 from .checkpoint import latest_complete_checkpoint
 from .layout import META_FILE, checkpoint_name, checkpoint_step
 from .run import storage_options, train_rank
+from .progress import note_event, print_events
 from .run_folder import run_url
 
 # Tests inject a worker failure by setting this in the environment of the command that builds
@@ -52,13 +53,12 @@ def train_worker(config: dict[str, Any]) -> None:
         storage = ray.train.get_context().get_storage()
         return Checkpoint(path=f"{storage.experiment_fs_path}/{name}", filesystem=storage.storage_filesystem)
 
-    def log(line: str) -> None:
-        print(line, flush=True)
-
+    board = config.get("progress_board")
+    progress = board_progress(board) if board is not None else print_events
     checkpoint = ray.train.get_checkpoint()
     args = dict(cfg=cfg, run_url=config["run_url"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
                 device=ray.train.torch.get_device(), publish=publish, wrap_model=ray.train.torch.prepare_model,
-                print_line=log, kill_at_step=config.get("kill_at_step"))
+                progress=progress, kill_at_step=config.get("kill_at_step"))
     newer = newer_than_ray(checkpoint, config["run_url"], options, ctx.get_world_rank())
     if checkpoint is None and newer is None:
         train_rank(**args)
@@ -69,8 +69,9 @@ def train_worker(config: dict[str, Any]) -> None:
             fs, path = filesystem(newer, options)
             fs.get(path.rstrip("/") + "/", folder.rstrip("/") + "/", recursive=True)
             if ctx.get_world_rank() == 0:
-                log(f"[genesis-dist] {newer} is newer than the last checkpoint Ray recorded "
-                    f"({checkpoint.path.rstrip('/').rsplit('/', 1)[-1] if checkpoint else 'none'}): resuming from it")
+                progress(note_event(f"{newer} is newer than the last checkpoint Ray recorded "
+                                    f"({checkpoint.path.rstrip('/').rsplit('/', 1)[-1] if checkpoint else 'none'}): "
+                                    "resuming from it"))
         else:
             checkpoint.to_directory(folder)
         train_rank(**args, checkpoint_folder=folder)
@@ -115,17 +116,57 @@ def upload_folder(folder: str, url: str, storage_options: dict | None) -> None:
         raise StorageError(f"{url}: the checkpoint upload is incomplete ({uploaded} of {local_sizes} bytes)")
 
 
-def build_trainer(cfg: DictConfig, callbacks: list | None = None):
-    """A TorchTrainer for `cfg` (Ray must be initialised); `callbacks` are Ray Train
-    callbacks (a sweep passes Tune's report callback)."""
+class ProgressBoard:
+    """Where rank 0 posts its progress events (training/progress.py) for the driver, which
+    takes them to draw its progress bar. Posting is fire-and-forget, so a step never waits
+    for the driver; the board keeps the newest `capacity` events."""
+
+    def __init__(self, capacity: int = 10_000):
+        import collections
+
+        self.events = collections.deque(maxlen=capacity)
+
+    def post(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def take(self) -> list[dict[str, Any]]:
+        """Every event posted since the last take, oldest first."""
+        events = list(self.events)
+        self.events.clear()
+        return events
+
+
+def start_progress_board():
+    """A ProgressBoard actor (no CPU reserved) for a trainer's workers to post to."""
     import ray
+
+    return ray.remote(num_cpus=0)(ProgressBoard).remote()
+
+
+def board_progress(board):
+    """A `Progress` that posts each event to `board` without waiting."""
+    def post(event: dict[str, Any]) -> None:
+        board.post.remote(event)
+
+    return post
+
+
+def uses_gpu(cfg: DictConfig) -> bool:
+    """Whether the run's workers take GPUs: `scaling.use_gpu`, or (None) whether the cluster has any."""
+    import ray
+
+    return cfg.scaling.use_gpu if cfg.scaling.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None, progress_board=None):
+    """A TorchTrainer for `cfg` (Ray must be initialised); `callbacks` are Ray Train
+    callbacks (a sweep passes Tune's report callback); rank 0 posts its progress to
+    `progress_board` (a ProgressBoard actor) or, without one, prints it."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     workers = worker_range(cfg.scaling)  # (min, max): elastic when they differ (README, "Elastic training")
-    use_gpu = cfg.scaling.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = uses_gpu(cfg)
     storage_path, storage_fs = ray_storage(cfg.run.storage_path, storage_options(cfg))
     plain = OmegaConf.to_container(cfg, resolve=True)
     config: dict[str, Any] = {
@@ -133,6 +174,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None):
         "storage_options": Secret(plain["data"]["storage_options"]),
         "run_url": run_url(cfg),
     }
+    if progress_board is not None:
+        config["progress_board"] = progress_board
     if os.environ.get(KILL_AT_STEP_VARIABLE):  # fault injection, set by tests only
         config["kill_at_step"] = int(os.environ[KILL_AT_STEP_VARIABLE])
     return TorchTrainer(

@@ -41,7 +41,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], runs_url: str) -> No
     cfg.run.name = tune.get_context().get_trial_id()
     cfg.run.storage_path = runs_url
     OmegaConf.set_readonly(cfg, True)
-    build_trainer(prepare_run(cfg), callbacks=[TuneReportCallback()]).fit()
+    build_trainer(prepare_run(cfg).cfg, callbacks=[TuneReportCallback()]).fit()
 
 
 def tune_domain(dimension: Dimension):
