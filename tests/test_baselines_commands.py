@@ -13,6 +13,9 @@ from tiny_config import TINY  # noqa: E402
 from genesis_dist import evaluate as evaluate_cli  # noqa: E402
 from genesis_dist import train as train_cli  # noqa: E402
 
+pytestmark = pytest.mark.integration  # the Ray-heavy tier: python -m pytest --integration
+
+
 BASELINES = ("monet", "slot_attention", "bd_vae", "dc_vae")
 
 

@@ -176,6 +176,7 @@ def _wait_for_polls(metadata, seen: int, polls: int, timeout: float = 60.0) -> N
     raise AssertionError(f"the watchers made fewer than {polls} notice requests within {timeout:g} s")
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_watcher_drains_its_ray_node_as_a_preemption_on_notice_and_on_sigterm(metadata):
     import ray  # noqa: F401  (a hard dependency: a broken install fails, never skips)

@@ -18,6 +18,9 @@ from genesis_dist.data.manifest import read_manifest, split_shards
 
 # --- the plan: phases of an epoch under changing world sizes (pure arithmetic) ---------------
 
+pytestmark = pytest.mark.integration  # the Ray-heavy tier: python -m pytest --integration
+
+
 def consumed_after(plans, steps_done):
     """Positions a rank's plan workers have read after `steps_done` batches of the phase
     (worker w has read the batches of its steps < steps_done, in order)."""

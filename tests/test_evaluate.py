@@ -149,6 +149,7 @@ def test_second_invocation_evaluates_none(evaluated, tmp_path, capsys):
     assert cache[0].stat().st_mtime_ns == cache_time
 
 
+@pytest.mark.integration
 def test_watch_follows_the_run_and_skips_a_corrupt_checkpoint(trained_run, torch_home, tmp_path):
     run = copy_run(trained_run, tmp_path / "tiny")
     (run / "finished.json").unlink()
@@ -189,6 +190,7 @@ def test_watch_follows_the_run_and_skips_a_corrupt_checkpoint(trained_run, torch
     assert any("checkpoint_00000010: incomplete" in line for line in lines)
 
 
+@pytest.mark.integration
 def test_a_run_on_s3_is_evaluated_in_place(trained_run, torch_home, s3_server, monkeypatch, capsys):
     import s3fs
 

@@ -35,6 +35,9 @@ from genesis_dist.train import main as train_main  # noqa: E402
 from genesis_dist.training.checkpoint import best_checkpoint_url, load_checkpoint  # noqa: E402
 from genesis_dist.training.worker import KILL_AT_STEP_VARIABLE  # noqa: E402
 
+pytestmark = pytest.mark.integration  # the Ray-heavy tier: python -m pytest --integration
+
+
 STEPS = 8
 COMMON = TINY + [f"optim.steps={STEPS}", "run.max_failures=0"]
 EVAL = ["actors=1", "fid_samples=0", "segmentation_images=8", "batch_size=8", "poll_seconds=0.5"]

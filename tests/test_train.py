@@ -41,6 +41,7 @@ def _history(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, lines)}
 
 
+@pytest.mark.integration
 def test_two_workers_keep_identical_parameters_and_beta(ray_cluster, shards, tmp_path):
     cfg = _config(shards, tmp_path, "ddp", "scaling.num_workers=2", "optim.steps=4")
     result = build_trainer(cfg).fit()
@@ -57,6 +58,7 @@ def test_two_workers_keep_identical_parameters_and_beta(ray_cluster, shards, tmp
     assert state["objective"]["beta"] == ranks[0]["beta"]
 
 
+@pytest.mark.integration
 def test_run_survives_a_sigkilled_worker(ray_cluster, shards, tmp_path, monkeypatch):
     cfg = _config(shards, tmp_path, "killed", "scaling.num_workers=2", "optim.steps=6", "run.max_failures=1")
     monkeypatch.setenv(KILL_AT_STEP_VARIABLE, "3")  # read when the trainer is built
@@ -68,6 +70,7 @@ def test_run_survives_a_sigkilled_worker(ray_cluster, shards, tmp_path, monkeypa
     assert meta["step"] == 6
 
 
+@pytest.mark.integration
 def test_checkpoints_go_to_and_resume_from_s3(ray_cluster, shards, s3_server, monkeypatch):
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
@@ -97,6 +100,7 @@ def test_resolution_mismatch_is_caught_before_training(shards, tmp_path):
         ensure_dataset(cfg)
 
 
+@pytest.mark.integration
 def test_a_run_is_never_resumed_with_another_config(ray_cluster, shards, tmp_path, capsys):
     from genesis_dist.train import main
 

@@ -53,6 +53,7 @@ def _events(folder: Path):
     return accumulator
 
 
+@pytest.mark.integration
 def test_a_2x2_sweep_stops_trials_early_and_writes_table_best_and_tensorboard(ray_address, shards, config_dir,
                                                                               tmp_path, capsys):
     _space(config_dir, "two_by_two", """
@@ -88,6 +89,7 @@ space:
     assert "best by eval_elbo" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 def test_a_killed_sweep_resumes_only_unfinished_trials_from_their_checkpoints(ray_address, shards, config_dir,
                                                                                tmp_path):
     _space(config_dir, "kernels", """
@@ -170,6 +172,7 @@ def test_an_unknown_space_names_the_available_ones(capsys):
     assert "space=nope: no such sweep; available: geco_kernels" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_a_trial_that_cannot_fit_the_local_cluster_is_one_line(ray_address, shards, config_dir, tmp_path, capsys):
     _space(config_dir, "one", "space:\n  model.kernel: {grid: [gaussian]}\n")
     status = tune_cli.main(["space=one", *TINY, f"data.url={shards}", f"run.storage_path={tmp_path / 'runs'}",
