@@ -1,12 +1,13 @@
 """`python -m genesis_dist.tune [space=NAME] [sweep.KEY=VALUE ...] [training overrides ...]`:
 hyperparameter sweeps with Ray Tune.
 
-    python -m genesis_dist.tune                                   # GECO goals × IC-SBP kernels on the demo
+    python -m genesis_dist.tune                                   # the demo's colour hint × IC-SBP kernels
     python -m genesis_dist.tune data=shapestacks data.url=s3://bucket/shapestacks \\
         run.storage_path=s3://bucket/runs scaling.num_workers=4 sweep.max_concurrent_trials=2
     python -m genesis_dist.tune sweep.metric=eval_elbo sweep.scheduler=fifo optim.steps=1000
 
-`space=NAME` picks `configs/tune/NAME.yaml` (default geco_kernels): its `sweep:` section
+`space=NAME` picks `configs/tune/NAME.yaml` (default: geco_kernels, the papers' GECO goals ×
+IC-SBP kernels, when a model, dataset or experiment is named; demo_aids on the demo): its `sweep:` section
 (metric, mode, scheduler, grace_period, reduction_factor, num_samples,
 max_concurrent_trials, driver_cpus, name) and its `space:` (the swept keys). The other
 words compose the trials' training config exactly as `python -m genesis_dist.train` does
@@ -29,19 +30,20 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import MAY_CHANGE_ON_RESUME, ConfigError, load_config
+from .config import GROUPS, MAY_CHANGE_ON_RESUME, ConfigError, load_config
 from .storage import aws_environment, filesystem, join, warn_secrets_on_command_line, without_secrets
 from .training.run import storage_options as run_storage_options
 from .training.run_folder import stored_conflicts
 from .command import run_command
 
-DEFAULT_SPACE = "geco_kernels"
+PAPER_SPACE = "geco_kernels"  # the default when a model, dataset or experiment is named
+DEMO_SPACE = "demo_aids"  # the default on the demo (no group named)
 SWEEP_FILE = "sweep.yaml"
 
 
 def _parse(argv: list[str]) -> tuple[str, list[str], list[str]]:
     """(space name, sweep overrides, training overrides)."""
-    space, sweep_overrides, train_overrides = DEFAULT_SPACE, [], []
+    space, sweep_overrides, train_overrides = None, [], []
     for item in argv:
         if item.startswith("space="):
             space = item.split("=", 1)[1]
@@ -52,6 +54,9 @@ def _parse(argv: list[str]) -> tuple[str, list[str], list[str]]:
                               "[sweep.KEY=VALUE ...] [training overrides ...]")
         else:
             train_overrides.append(item)
+    if space is None:
+        named = any(item.split("=", 1)[0] in GROUPS for item in train_overrides)
+        space = PAPER_SPACE if named else DEMO_SPACE
     return space, sweep_overrides, train_overrides
 
 

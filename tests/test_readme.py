@@ -32,18 +32,18 @@ TRAIN_EXPECTED = {
     "scaling.num_workers=8": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
     "data=objects_room data.url=s3://YOUR-BUCKET/objects_room run.storage_path=s3://YOUR-BUCKET/runs "
     "scaling.num_workers=[4,8] data.num_workers=null": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
-    "--config runs/tune-geco_kernels-genesis_v2-multi_dsprites-demo/best.yaml optim.steps=10000":
+    "--config runs/tune-demo_aids-genesis_v2-multi_dsprites-demo/best.yaml optim.steps=10000":
         ("genesis_v2", 32, 5, 0.5705, 10000, "1a2b3_00004"),
 }
-# What each README sweep command must compose: (model, data, K, trials, metric, scheduler)
+# What each README sweep command must compose: (model, data, K, space, trials, metric, scheduler)
 TUNE_EXPECTED = {
-    "": ("genesis_v2", "multi_dsprites", 5, 9, "eval_ari_fg", "asha"),
+    "": ("genesis_v2", "multi_dsprites", 5, "demo_aids", 9, "eval_ari_fg_att", "asha"),
     "sweep.metric=eval_elbo sweep.scheduler=fifo optim.steps=1000":
-        ("genesis_v2", "multi_dsprites", 5, 9, "eval_elbo", "fifo"),
+        ("genesis_v2", "multi_dsprites", 5, "demo_aids", 9, "eval_elbo", "fifo"),
     "data=shapestacks data.url=s3://bucket/shapestacks run.storage_path=s3://bucket/runs scaling.num_workers=4 "
-    "sweep.max_concurrent_trials=2": ("genesis_v2", "shapestacks", 9, 9, "eval_ari_fg", "asha"),
+    "sweep.max_concurrent_trials=2": ("genesis_v2", "shapestacks", 9, "geco_kernels", 9, "eval_ari_fg", "asha"),
     "data=objects_room data.url=s3://YOUR-BUCKET/objects_room run.storage_path=s3://YOUR-BUCKET/runs":
-        ("genesis_v2", "objects_room", 7, 9, "eval_ari_fg", "asha"),
+        ("genesis_v2", "objects_room", 7, "geco_kernels", 9, "eval_ari_fg", "asha"),
 }
 
 
@@ -73,7 +73,7 @@ def test_each_readme_training_command_trains_what_it_says(args, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     if "best.yaml" in args:
         # What a sweep of the demo leaves: the best trial's resolved config.
-        stored = tmp_path / "runs" / "tune-geco_kernels-genesis_v2-multi_dsprites-demo" / "best.yaml"
+        stored = tmp_path / "runs" / "tune-demo_aids-genesis_v2-multi_dsprites-demo" / "best.yaml"
         stored.parent.mkdir(parents=True)
         stored.write_text(OmegaConf.to_yaml(load_config(["objective.goal=0.5705", "run.name=1a2b3_00004"])))
     if "--config runs/genesis-shapestacks/config.yaml" in args:
@@ -147,11 +147,14 @@ def test_each_readme_sweep_command_composes_what_it_says(args):
     sweep, raw = load_space_file(space)
     sweep = merge_sweep(sweep, sweep_overrides, "override")
     dimensions = resolve_space(raw, base)
-    model, data, slots, trials, metric, scheduler = TUNE_EXPECTED[args]
-    assert (base.model.name, base.data.name, base.model.num_slots) == (model, data, slots)
+    model, data, slots, space_name, trials, metric, scheduler = TUNE_EXPECTED[args]
+    assert (base.model.name, base.data.name, base.model.num_slots, space) == (model, data, slots, space_name)
     assert (grid_size(dimensions, sweep.num_samples), sweep.metric, sweep.scheduler) == (trials, metric, scheduler)
-    goals = next(d.values for d in dimensions if d.key == "objective.goal")
-    assert goals[0] == base.objective.goal  # the sweep starts at the dataset's paper goal
+    if space == "geco_kernels":
+        goals = next(d.values for d in dimensions if d.key == "objective.goal")
+        assert goals[0] == base.objective.goal  # the sweep starts at the dataset's paper goal
+    else:  # the demo's: every trial changes what is trained (no axis inert under its β floor)
+        assert {d.key for d in dimensions} == {"curriculum.colour_hint", "model.kernel"}
 
 
 def test_the_layout_names_every_folder_and_top_level_module_and_nothing_else():

@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_before_any_trial(space, extra, message, shards, c
 
 def test_an_unknown_space_names_the_available_ones(capsys):
     assert tune_cli.main(["space=nope"]) == 2
-    assert "space=nope: no such sweep; available: geco_kernels" in capsys.readouterr().err
+    assert "space=nope: no such sweep; available: demo_aids, geco_kernels" in capsys.readouterr().err
 
 
 @pytest.mark.integration
