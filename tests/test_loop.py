@@ -137,7 +137,7 @@ def _run(shards, run_url, steps, checkpoint_folder=None):
     cfg = load_config(TINY + [f"data.url={shards}", f"optim.steps={steps}", "run.log_every=1"])
     return train_rank(cfg, run_url, rank=0, world=1, device=torch.device("cpu"),
                       publish=publish_to_run_folder(run_url), checkpoint_folder=checkpoint_folder,
-                      print_line=lambda line: None)
+                      progress=lambda event: None)
 
 
 def test_the_worker_rank_runner_checkpoints_and_resumes_exactly(shards, tmp_path):
