@@ -6,6 +6,7 @@ distributed training with Ray Train.
     python -m genesis_dist.train data=objects_room data.url=s3://bucket/objects_room scaling.num_workers=8
     python -m genesis_dist.train --config runs/NAME/config.yaml optim.steps=1000000   # train a run longer
     python -m genesis_dist.train model=genesis --print-config     # print the resolved config and exit
+    python -m genesis_dist.train --verbose                        # the resolved config and Ray's own output too
 
 Groups: model=genesis_v2|genesis|genesis_s|..., data=multi_dsprites|objects_room|
 shapestacks|gqn|sketchy|apc|..., experiment=demo|... (files under configs/). No group
