@@ -267,9 +267,10 @@ class _SplitWriter:
         return {"name": name, "count": count, "sha256": sha, "sources": sources_digest(done),
                 "skipped": self.policy.skipped[skipped_before:]}
 
-    def _converted(self, chunk: Iterator[SourceItem]) -> Iterator[tuple[SourceItem, tuple[str, Any]]]:
+    def _converted(self, chunk: Iterable[SourceItem]) -> Iterator[tuple[SourceItem, tuple[str, Any]]]:
         """(item, result) in item order; a bounded window keeps source bytes in memory small."""
         window = 1 if self.pool is None else 8 * self.workers
+        chunk = iter(chunk)  # a list when it was read ahead to compare a finished shard's sources
         while True:
             batch = list(itertools.islice(chunk, window))
             if not batch:
