@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_helpers import FIXTURES
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # small real raw samples (see its README)
 from genesis_dist.data.tfrecord import iter_records, parse_example
 
 SHAPESTACKS = FIXTURES / "shapestacks" / "recordings" / "env_ccs-easy-h=5-vcom=2-vpsf=0-v=1"
