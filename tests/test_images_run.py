@@ -5,7 +5,6 @@ when the Inception weights are present) without masks, ARI and mSC beside them w
 masks — and `decompose` on the run's checkpoint."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -27,19 +26,11 @@ from genesis_dist.training.hooks import checkpoint_name
 from genesis_dist.training.run import publish_to_run_folder, train_rank
 from genesis_dist.training.run_folder import ensure_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 20
 
 
-def shard_cli():
-    spec = importlib.util.spec_from_file_location("shard_cli", REPO / "tools" / "shard.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, shard_cli):
     """The own folder at 32 px (the tiny model's size) without and with masks (bands on every photo)."""
     root = tmp_path_factory.mktemp("own")
     expected = build_own_folder(root / "photos")
@@ -47,7 +38,7 @@ def converted(tmp_path_factory):
         mask = root / "masks" / Path(relative).with_suffix(".png")
         mask.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(band_labels(*want.pixels.shape[:2], bands=3)).save(mask)
-    cli = shard_cli()
+    cli = shard_cli
     common = ["--size", "32", "--split", "0.6,0.2,0.2", "--workers", "1", "--quiet"]
     assert cli.main(["images", str(root / "photos"), "--out", str(root / "plain"), *common]) == 0
     assert cli.main(["images", str(root / "photos"), "--masks", str(root / "masks"), "--out", str(root / "masked"),

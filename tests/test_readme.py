@@ -179,13 +179,11 @@ def test_the_layout_names_every_folder_and_top_level_module_and_nothing_else():
     assert modules == {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
 
 
-def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch, capsys):
+def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch, shard_cli):
     """"Train on your own images", in a folder holding the photos its commands name: the shard
     command converts them as written, the training command composes `data=images` on those
     shards (and takes a step, above), and decompose, as written, decomposes the photo it names
     with the checkpoint of the run the training command names (an untrained one here)."""
-    import importlib.util
-
     from own_images import build_own_folder, sketchy_jpegs
 
     from genesis_dist.data import read_manifest
@@ -205,9 +203,6 @@ def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch, ca
     photo.write_bytes(sketchy_jpegs()[0][1])
     assert photo.is_relative_to(source)
 
-    spec = importlib.util.spec_from_file_location("shard_cli", README.parent / "tools" / "shard.py")
-    shard_cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shard_cli)
     assert shard_cli.main(shard) == 0
     cfg = load_config(train_cli._parse_args(train)[0])
     manifest = read_manifest(cfg.data.url)
