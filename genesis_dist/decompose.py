@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from .training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, stored_model
 from .data.formats.images import DEFAULT_BACKGROUND, parse_background
 from .data.formats.imaging import WHITE, decode_photo, read_bytes, shorter_side_centre_crop
-from .models import build_model
 from .storage import StorageError
 
 
@@ -49,7 +48,7 @@ def load_image(path: str | Path, size: int, background: tuple[int, int, int] = W
 def load_model(checkpoint: str) -> tuple[torch.nn.Module, int]:
     """The model stored in a checkpoint folder, in eval mode on the CPU, and its step."""
     state, meta = load_checkpoint(resolve_checkpoint(checkpoint))
-    model = build_model(meta["config"]["model"])
+    model = stored_model(meta)
     model.load_state_dict(state["model"])
     return model.eval(), int(meta.get("step", 0))
 

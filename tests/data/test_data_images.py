@@ -224,10 +224,10 @@ def test_user_mistakes_are_one_line_errors(tmp_path, shard_cli, capsys, monkeypa
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy(APC_FRAME, photos / "frame.png")
-    from genesis_dist.data.formats import multi_dsprites
+    from genesis_dist.data.formats.multi_dsprites import MultiDSprites
 
     other = str(tmp_path / "mds")
-    multi_dsprites.convert(other, sizes={"train": 4}, progress=False)
+    convert_dataset(MultiDSprites({"train": 4}, img_size=32), other, progress=False)
     ours = tmp_path / "ours"
     assert shard_cli.main(["images", str(photos), "--out", str(ours), "--size", "32", "--quiet"]) == 0
     capsys.readouterr()
