@@ -52,9 +52,9 @@ def train(data_url: str, run_url: str):
                        "run.checkpoint_every=10"])
     assert (cfg.data.name, cfg.run.name) == ("images", "genesis_v2-images")
     ensure_dataset(cfg)
-    lines: list[str] = []
+    events: list = []
     state = train_rank(cfg, run_url, rank=0, world=1, device=torch.device("cpu"),
-                       publish=publish_to_run_folder(run_url), print_line=lines.append)
+                       publish=publish_to_run_folder(run_url), progress=events.append)
     assert state.step == STEPS
     return f"{run_url}/{checkpoint_name(STEPS)}"
 
@@ -103,3 +103,15 @@ def test_twenty_steps_on_own_photos_with_masks_score_ari_and_msc(converted, tmp_
     assert math.isfinite(record["elbo"])
     for key in ("ari_fg", "msc_fg", "att_ari_fg", "att_msc_fg"):
         assert key in record and math.isfinite(record[key]), key
+
+
+def test_print_config_shows_the_images_group(capsys, tmp_path, monkeypatch):
+    from genesis_dist import train as train_cli
+
+    monkeypatch.chdir(tmp_path)
+    assert train_cli.main(["data=images", "data.url=s3://bucket/shards/photos", "--print-config"]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert (printed.data.name, printed.data.url, printed.model.img_size, printed.model.num_slots,
+            printed.objective.goal, printed.run.name) == ("images", "s3://bucket/shards/photos", 64, 7, 0.5655,
+                                                          "genesis_v2-images")
+    assert not (tmp_path / "runs").exists()

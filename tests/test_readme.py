@@ -83,7 +83,7 @@ def test_each_readme_training_command_trains_what_it_says(args, tmp_path, monkey
         stored = tmp_path / "runs" / "genesis-shapestacks" / "config.yaml"
         stored.parent.mkdir(parents=True)
         stored.write_text(OmegaConf.to_yaml(load_config(["model=genesis", "data=shapestacks"])))
-    overrides, config_file, print_only = train_cli._parse_args(shlex.split(args))
+    overrides, config_file, print_only, _ = train_cli._parse_args(shlex.split(args))
     assert print_only == ("--print-config" in args)
     cfg = load_config(overrides, base_file=config_file)
     model, size, slots, goal, steps, name = TRAIN_EXPECTED[args]
