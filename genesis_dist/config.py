@@ -132,12 +132,17 @@ def _check_choices(cfg: DictConfig, prefix: str = "") -> None:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
+def check_img_size(size: int, name: str = "model.img_size") -> None:
+    """Raise ConfigError unless `size` is an image size every model builds at: a power of two
+    ≥ 16 (the UNet halves it log2(size) − 1 times, the decoders start at size / 16)."""
+    if size < 16 or size & (size - 1):
+        raise ConfigError(f"{name}={size}: must be a power of two ≥ 16 (16, 32, 64, 128, 256, …)")
+
+
 def validate_model(cfg: DictConfig) -> None:
     """Check the `model` section of a TrainConfig; raises ConfigError."""
     _check_choices(cfg, "model.")
-    size = cfg.model.img_size
-    if size < 16 or size & (size - 1):
-        raise ConfigError(f"model.img_size={size}: must be a power of two ≥ 16")
+    check_img_size(cfg.model.img_size)
     if cfg.model.num_slots < 2:
         raise ConfigError(f"model.num_slots={cfg.model.num_slots}: must be ≥ 2")
 

@@ -1,11 +1,15 @@
 """Fixtures shared by every test module."""
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
 from s3_server import MotoServer
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +22,15 @@ def s3_server():
     """
     with MotoServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def shard_cli():
+    """tools/shard.py as a module (its `main(argv)` runs the CLI in-process)."""
+    spec = importlib.util.spec_from_file_location("shard_cli", REPO / "tools" / "shard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_addoption(parser):

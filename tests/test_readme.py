@@ -34,6 +34,7 @@ TRAIN_EXPECTED = {
     "scaling.num_workers=[4,8] data.num_workers=null": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-objects_room"),
     "--config runs/tune-demo_aids-genesis_v2-multi_dsprites-demo/best.yaml optim.steps=10000":
         ("genesis_v2", 32, 5, 0.5705, 10000, "1a2b3_00004"),
+    "data=images data.url=shards/photos": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-images"),
 }
 # What each README sweep command must compose: (model, data, K, space, trials, metric, scheduler)
 TUNE_EXPECTED = {
@@ -47,18 +48,19 @@ TUNE_EXPECTED = {
 }
 
 
-def readme_commands(module: str) -> list[list[str]]:
-    """Argument lists of every `python -m genesis_dist.<module>` line in README's bash
-    blocks (continuation lines joined, comments dropped, `ray job submit ... --` stripped)."""
+def readme_commands(module: str, marker: list[str] | None = None) -> list[list[str]]:
+    """Argument lists of every `python -m genesis_dist.<module>` line (or of every line
+    starting with `marker`, e.g. ["python", "tools/shard.py"]) in README's bash blocks
+    (continuation lines joined, comments dropped, `ray job submit ... --` stripped)."""
     text = README.read_text()
+    marker = marker or ["python", "-m", f"genesis_dist.{module}"]
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
-            marker = ["python", "-m", f"genesis_dist.{module}"]
-            for i in range(len(words) - 2):
-                if words[i:i + 3] == marker:
-                    commands.append(words[i + 3:])
+            for i in range(len(words) - len(marker) + 1):
+                if words[i:i + len(marker)] == marker:
+                    commands.append(words[i + len(marker):])
     return commands
 
 
@@ -81,7 +83,7 @@ def test_each_readme_training_command_trains_what_it_says(args, tmp_path, monkey
         stored = tmp_path / "runs" / "genesis-shapestacks" / "config.yaml"
         stored.parent.mkdir(parents=True)
         stored.write_text(OmegaConf.to_yaml(load_config(["model=genesis", "data=shapestacks"])))
-    overrides, config_file, print_only = train_cli._parse_args(shlex.split(args))
+    overrides, config_file, print_only, _ = train_cli._parse_args(shlex.split(args))
     assert print_only == ("--print-config" in args)
     cfg = load_config(overrides, base_file=config_file)
     model, size, slots, goal, steps, name = TRAIN_EXPECTED[args]
@@ -175,3 +177,42 @@ def test_the_layout_names_every_folder_and_top_level_module_and_nothing_else():
     package = root / "genesis_dist"
     assert packages == {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
     assert modules == {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+
+
+def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch, shard_cli):
+    """"Train on your own images", in a folder holding the photos its commands name: the shard
+    command converts them as written, the training command composes `data=images` on those
+    shards (and takes a step, above), and decompose, as written, decomposes the photo it names
+    with the checkpoint of the run the training command names (an untrained one here)."""
+    from own_images import build_own_folder, sketchy_jpegs
+
+    from genesis_dist.data import read_manifest
+    from genesis_dist.decompose import main as decompose
+    from genesis_dist.models import build_model
+    from genesis_dist.training.checkpoint import save_best
+    from genesis_dist.training.run_folder import ensure_dataset
+
+    monkeypatch.chdir(tmp_path)
+    (shard,) = [args for args in readme_commands("", ["python", "tools/shard.py"]) if args[:1] == ["images"]
+                and "--help" not in args]
+    (train,) = [args for args in readme_commands("train") if "data=images" in args]
+    (decompose_args,) = readme_commands("decompose")
+    source, photo = Path(shard[1]), Path(decompose_args[1])
+    build_own_folder(source)
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    photo.write_bytes(sketchy_jpegs()[0][1])
+    assert photo.is_relative_to(source)
+
+    assert shard_cli.main(shard) == 0
+    cfg = load_config(train_cli._parse_args(train)[0])
+    manifest = read_manifest(cfg.data.url)
+    assert (manifest["dataset"], manifest["resolution"], manifest["K"]) == ("images", cfg.model.img_size, cfg.model.num_slots)
+    ensure_dataset(cfg)  # the shards are what the training command expects
+
+    run = Path(cfg.run.storage_path) / cfg.run.name
+    assert decompose_args[0] == f"{run}/best"
+    save_best(str(run), {"model": build_model(cfg.model).state_dict()}, {"step": 1, "config": OmegaConf.to_container(cfg)})
+    assert decompose(decompose_args) == 0
+    out = Path(decompose_args[decompose_args.index("--out") + 1])
+    assert (out / f"{photo.stem}_decomposition.png").exists()
+    assert len(list(out.glob(f"{photo.stem}_mask_*.png"))) == cfg.model.num_slots

@@ -18,3 +18,9 @@ class CorruptDataError(DataError):
 
 class SourceError(DataError):
     """A raw source file (before conversion) is unreadable or malformed."""
+
+
+class MismatchError(SourceError):
+    """Source files that should belong together do not (a mask whose size differs from its
+    image): a conversion stops on it whatever `--on-error` says, since it points at the
+    wrong folder or settings rather than at one bad file."""

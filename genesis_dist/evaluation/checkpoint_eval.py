@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from ..training.checkpoint import load_checkpoint, read_meta
+from ..training.checkpoint import load_checkpoint, read_meta, stored_model
 from ..training.layout import EVAL_FOLDER, FIGURES_FOLDER, figure_name
 from .fid_stats import fid_against_stats
 from ..metrics import foreground_labels, masks_to_labels, mean_ignoring_nan, segmentation_scores, slot_count_stats, to_uint8
 from ..metrics.trivial import trivial_answer_scores
-from ..models import build_model, is_generative
+from ..models import is_generative
 from ..storage import join
 
 FIGURE_IMAGES = 8  # rows of the decomposition and generation figures
@@ -186,7 +186,7 @@ class CheckpointEvaluator:
         self.prepare(data)
         test = self.test_sets[(data["url"], data["split"])]
         state, meta = load_checkpoint(checkpoint_url, storage_options, map_location=self.device)
-        model = build_model(train_cfg["model"])
+        model = stored_model(meta)
         model.load_state_dict(state["model"])
         model.to(self.device).eval()
         del state

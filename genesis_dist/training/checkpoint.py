@@ -91,6 +91,15 @@ def read_meta(url: str, storage_options: dict | None = None) -> dict[str, Any]:
         raise CheckpointError(f"{url}: unreadable {META_FILE}: {err}") from None
 
 
+def stored_model(meta: dict[str, Any]) -> torch.nn.Module:
+    """A fresh model of the architecture a checkpoint's meta.json records (its run's
+    validated `model` config; load the weights into it)."""
+    from ..models import build_model
+    from ..schema import ModelConfig
+
+    return build_model(ModelConfig(**meta["config"]["model"]))
+
+
 def load_checkpoint(url: str, storage_options: dict | None = None, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
     """Load and verify a checkpoint folder: returns (state, meta).
 

@@ -1,27 +1,17 @@
 """Fixtures of the data-layer tests: the real raw samples in tests/fixtures and small shard sets."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from data_helpers import FIXTURES, REPO
+from data_helpers import FIXTURES
 
 
 @pytest.fixture(scope="session")
 def raw_samples() -> Path:
     """The real raw samples in the repository (read-only): sketchy/, apc/, shapestacks/."""
     return FIXTURES
-
-
-@pytest.fixture(scope="session")
-def shard_cli():
-    """tools/shard.py as a module (its `main(argv)` runs the CLI in-process)."""
-    spec = importlib.util.spec_from_file_location("shard_cli", REPO / "tools" / "shard.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

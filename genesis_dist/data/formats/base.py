@@ -1,10 +1,11 @@
 """What a dataset converter provides to the shard writer."""
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -24,6 +25,7 @@ class DatasetInfo:
     has_mask: bool
     samples_per_item: int = 1  # samples one source item turns into (at most)
     shard_samples: int = 5000  # target samples per shard (≈100 MB)
+    unit: str = "item"  # what one source item is called in progress bars and summaries
 
 
 @dataclass
@@ -38,10 +40,13 @@ class Sample:
 
 @dataclass(frozen=True)
 class SourceItem:
-    """A unit of conversion work: `source` names it in messages; `payload` is what `convert` needs."""
+    """A unit of conversion work: `source` names it in messages; `payload` is what `convert` needs;
+    `version` changes when the source's content may have (e.g. its size and mtime or ETag), so a
+    re-run redoes a finished shard whose sources changed."""
 
     source: str
     payload: Any
+    version: str = ""
 
 
 class Converter(ABC):
@@ -71,6 +76,20 @@ class Converter(ABC):
 
     def prepare(self) -> None:
         """Load shared read-only state once, before worker processes fork."""
+
+    def listing_digest(self, split: str) -> str | None:
+        """`sources_digest` of `split`'s items when a listing gives it cheaply (a folder that
+        may gain or change files); None when the settings fix the sources."""
+        return None
+
+
+def sources_digest(items: Iterable[SourceItem]) -> str:
+    """sha256 of the names and versions of source items, in order: what a shard or a
+    split was made from."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.source}\0{item.version}\n".encode())
+    return digest.hexdigest()
 
 
 def safe_key(*parts: Any) -> str:
