@@ -140,7 +140,7 @@ def main() -> int:
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
         print(done.stdout.splitlines()[-1] if done.stdout else "", flush=True)
-    print(f"\n| part | count | s each | s | share |\n|---|---:|---:|---:|---:|")
+    print("\n| part | count | s each | s | share |\n|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['part']} | {r['count']} | {r['seconds_each']:.3f} | {r['seconds']:.1f} | "
               f"{r['seconds'] / total_parts:.0%} |")
