@@ -28,7 +28,8 @@ from genesis_dist.figures import (
     scores_caption,
     to_image_array,
 )
-from genesis_dist.models import build_model, is_generative
+from genesis_dist.models import is_generative
+from model_factory import make_model
 from genesis_dist.training.hooks import Figures
 from genesis_dist.training.loop import TrainState
 from genesis_dist.training.run_log import RunLogger
@@ -61,9 +62,10 @@ def table_size(rows: int, columns: int, caption_lines: int = 1, header: bool = T
 
 def tiny_model(slots: int, name: str = "genesis_v2") -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = {**TINY_V2, "num_slots": slots} if name == "genesis_v2" else {"name": name, "img_size": SIZE,
-                                                                       "num_slots": slots, "latent_dim": 8}
-    return build_model(cfg).eval()
+    keys = {**TINY_V2, "num_slots": slots} if name == "genesis_v2" else {"img_size": SIZE, "num_slots": slots,
+                                                                        "latent_dim": 8}
+    keys.pop("name", None)
+    return make_model(name, **keys).eval()
 
 
 @pytest.mark.parametrize("slots", [2, 4])
