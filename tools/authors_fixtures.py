@@ -1,6 +1,7 @@
 """Record the authors' GENESIS-V2 and GENESIS, stage by stage, for tests/test_import_model.py.
 
     python tools/authors_fixtures.py --authors-dir /path/to/applied-ai-lab/genesis [--out tests/fixtures/authors]
+    python tools/authors_fixtures.py --authors-dir /path/to/applied-ai-lab/genesis --check-export
 
 Needs a checkout of the authors' code (github.com/applied-ai-lab/genesis, GPL-3.0, with its
 `forge` submodule): it is imported from that path at run time and never copied here. For each
@@ -321,6 +322,59 @@ def _record_genesis(module, cfg, batch: int) -> dict:
             "noise": {"forward": forward_noise, "eval": eval_noise, "sample": sample_noise}}
 
 
+def check_export(genesis_module, genesis_v2_module) -> int:
+    """`--check-export`: GENESIS-V2 and GENESIS (64 px, K=4) trained here for 3 steps, written by
+    `genesis_dist.export_model`, load strictly into the authors' models (and their Adam), and
+    both compute the same decomposition on the same images and noise. Prints the differences;
+    1 if a mask or reconstruction differs by more than 1e-10. (Their err uses σ_x as their float32
+    `std` buffer holds it, ours 0.7 exactly: it differs at that rounding, ~3e-8 relative.)"""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from genesis_dist.config import load_config
+    from genesis_dist.models.noise import replayed
+    from genesis_dist.released import export_checkpoint
+    from genesis_dist.training.checkpoint import save_checkpoint
+    from genesis_dist.training.loop import train_step
+    from genesis_dist.training.run import RankPlan, build_state
+
+    worst = 0.0
+    for words in (["model=genesis_v2", "data=shapestacks", "model.stop_pixels=null"], ["model=genesis", "data=gqn"]):
+        torch.set_default_dtype(torch.float32)
+        cfg = load_config(words + ["model.num_slots=4", "optim.batch_size=2"])
+        state = build_state(cfg, RankPlan.single(cfg, torch.device("cpu")))
+        for step in (1, 2, 3):
+            train_step(state.model, state.objective, state.optimizer, torch.rand(2, 3, 64, 64), step=step)
+        folder = Path(tempfile.mkdtemp())
+        save_checkpoint(str(folder / "ours"), state.state_dict(), {"step": 3, "config": OmegaConf.to_container(cfg)})
+        checkpoint = torch.load(export_checkpoint(str(folder / "ours"), str(folder / "theirs")), weights_only=True)
+        flags = _AttrDict(json.loads((folder / "theirs" / "flags.json").read_text()))
+        torch.set_default_dtype(torch.float64)
+        v2 = cfg.model.name == "genesis_v2"
+        theirs = (genesis_v2_module.GenesisV2 if v2 else genesis_module.Genesis)(flags)
+        theirs.load_state_dict(checkpoint["model_state_dict"])  # strict: every tensor named and shaped as theirs
+        torch.optim.Adam(theirs.parameters(), lr=1e-4).load_state_dict(checkpoint["optimiser_state_dict"])
+        theirs, ours = theirs.double().eval(), state.module.double().eval()
+        x = authors_images(2, 64)
+        with torch.no_grad(), NoiseRecorder() as noise:
+            recon, losses, stats, _, _ = theirs(x)
+        draws = [t for _, t in noise.draws]
+        k = cfg.model.num_slots
+        replay = [draws[0].reshape(2, -1), torch.stack(draws[1:], 1)] if v2 else \
+            draws[:-1] + [draws[-1].view(k, 2, -1).transpose(0, 1)]
+        with torch.no_grad(), replayed(replay):
+            out = ours(x)
+        masks = torch.stack(stats.log_m_r_k if v2 else stats.log_m_k, dim=1)
+        differences = {"log masks": (out.log_masks - masks).abs().max().item(),
+                       "reconstruction": (out.recon - recon).abs().max().item()}
+        print(f"export check, {cfg.model.name}: max |ours − theirs| " + ", ".join(f"{k} {v:.2g}" for k, v in differences.items())
+              + f"; err {(out.err - losses.err).abs().max().item():.2g} of {losses.err.abs().max().item():.0f} nats")
+        worst = max(worst, *differences.values())
+    torch.set_default_dtype(torch.float32)
+    return 0 if worst <= 1e-10 else 1
+
+
 def _run_flags(defined: dict, model_config: str, data_config: str, overrides: dict, authors: Path) -> dict:
     """What their train.py stores as flags.json: the value of every flag the run's modules define
     (train.py's, the model config's and the data config's), and the commit."""
@@ -339,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--authors-dir", required=True, type=Path, help="checkout of applied-ai-lab/genesis")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "authors")
+    parser.add_argument("--check-export", action="store_true",
+                        help="instead: check that genesis_dist.export_model's files load into their code (check_export)")
     args = parser.parse_args(argv)
     authors = args.authors_dir.resolve()
     if not (authors / "models" / "genesisv2_config.py").is_file():
@@ -353,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     genesis_module = importlib.import_module("models.genesis_config")
     genesis_v2_module = importlib.import_module("models.genesisv2_config")
     del data_modules
+    if args.check_export:
+        return check_export(genesis_module, genesis_v2_module)
     torch.set_default_dtype(torch.float64)
     for case, (model_config, data_config, overrides, batch) in CASES.items():
         torch.manual_seed(zlib.crc32(case.encode()))

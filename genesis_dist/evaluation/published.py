@@ -90,7 +90,9 @@ def _run_config(run_url: str, storage_options: dict | None) -> dict[str, Any] | 
 
 
 def _shown(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def setting_notes(config: dict[str, Any] | None, step: int) -> list[str]:
