@@ -322,11 +322,11 @@ def _normalised(value: Any) -> Any:
 def _at_step(state: TrainState, step: int) -> None:
     """Put the learning-rate schedule where a run that took `step` steps has it."""
     lr = state.schedule.base_lrs[0]
-    saved = state.schedule.state_dict()
-    saved.update(last_epoch=step, _step_count=step + 1)
+    saved = state.schedule.state_dict()  # the fields `schedule.step()` advances, as `step` calls leave them
+    saved.update(last_epoch=step, _step_count=step + 1,
+                 _last_lr=[base * state.schedule.lr_lambdas[0](step) for base in state.schedule.base_lrs])
     state.schedule.load_state_dict(saved)
     set_base_lr(state.optimizer, state.schedule, lr)
-    state.schedule._last_lr = [group["lr"] for group in state.optimizer.param_groups]  # as schedule.step() leaves it
     state.step = step
 
 
