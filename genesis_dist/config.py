@@ -337,6 +337,24 @@ def load_config(overrides: list[str] | None = None, config_dir: str | Path | Non
     return cfg
 
 
+# The sections of a stored config that say what was trained (a checkpoint's meta.json may hold
+# other sections from an older schema: where it ran, how it was logged).
+TRAINED_SECTIONS = ("model", "objective", "curriculum", "optim", "data")
+
+
+def resolved_config(data: dict | DictConfig, source: str) -> DictConfig:
+    """A validated, read-only TrainConfig from the sections of a stored config that say what
+    was trained (`TRAINED_SECTIONS` of a run's `config.yaml` or a checkpoint's `meta.json`),
+    the rest at the schema's defaults (`run.name` and `run.seed` kept); `source` names it in errors."""
+    sections = {k: data[k] for k in TRAINED_SECTIONS if k in data}
+    sections["run"] = {k: v for k, v in (data.get("run") or {}).items() if k in ("name", "seed")}
+    cfg = merge_config(OmegaConf.structured(TrainConfig), sections, source)
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+
 def differing_keys(a: DictConfig | dict, b: DictConfig | dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys whose values differ between two configs (leaves only), skipping
     keys equal to or under any of `ignore`."""

@@ -133,3 +133,40 @@ def test_build_model_from_config():
     model = build_model(model_config(["num_slots=9", "kernel=laplacian"], name="genesis_v2"))
     assert isinstance(model, GenesisV2) and model.num_slots == 9 and model.icsbp.kernel == "laplacian"
     np.testing.assert_allclose(model.icsbp.sigma.item(), 1 / (3 * np.log(2)), rtol=1e-6)
+
+
+def test_the_mask_kl_is_the_authors_categorical_kl_of_the_clamped_masks():
+    """The authors' `kl_m_loss`: masks floored at 1e-5, then `Categorical` (which renormalises
+    them over the slots) and torch's categorical KL, summed over pixels. Masks far below the
+    floor make the renormalisation matter."""
+    from genesis_dist.models.genesis_v2 import masks_kl
+
+    gen = torch.Generator().manual_seed(0)
+    log_p = (8 * torch.randn(2, 5, 1, 6, 6, generator=gen, dtype=torch.float64)).log_softmax(dim=1)
+    log_q = (8 * torch.randn(2, 5, 1, 6, 6, generator=gen, dtype=torch.float64)).log_softmax(dim=1)
+    assert (log_p.exp() < 1e-5).any() and (log_q.exp() < 1e-5).any()
+
+    def categorical(log_m):
+        probs = log_m.exp().clamp_min(1e-5).squeeze(2).movedim(1, -1)
+        return torch.distributions.Categorical(probs=probs)
+
+    expected = torch.distributions.kl_divergence(categorical(log_p), categorical(log_q)).flatten(1).sum(dim=1)
+    assert torch.allclose(masks_kl(log_p, log_q), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_replayed_noise_must_fit_what_the_model_draws():
+    from genesis_dist.models.noise import replayed
+
+    model = make_model("genesis_v2", img_size=32, num_slots=3).double()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    draws = [torch.rand(1, 32 * 32, dtype=torch.float64), torch.randn(1, 3, 64, dtype=torch.float64)]
+    with replayed(draws):
+        first = model(x)
+    with replayed(draws):
+        assert torch.equal(model(x).err, first.err)  # the same noise, the same numbers
+    with pytest.raises(RuntimeError, match=r"shape \[1, 2, 64\] where the model draws \[1, 3, 64\]"):
+        with replayed([draws[0], torch.randn(1, 2, 64, dtype=torch.float64)]):
+            model(x)
+    with pytest.raises(RuntimeError, match="1 replayed draws were not used"):
+        with replayed(draws + [torch.zeros(1)]):
+            model(x)

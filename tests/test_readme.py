@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from genesis_dist import train as train_cli
 from genesis_dist.config import load_config, load_eval_config
@@ -35,6 +36,8 @@ TRAIN_EXPECTED = {
     "--config runs/tune-demo_aids-genesis_v2-multi_dsprites-demo/best.yaml optim.steps=10000":
         ("genesis_v2", 32, 5, 0.5705, 10000, "1a2b3_00004"),
     "data=images data.url=shards/photos": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-images"),
+    "--config runs/genesis_v2-objects_room-release/config.yaml data.url=s3://YOUR-BUCKET/my_scenes optim.steps=550001":
+        ("genesis_v2", 64, 7, 0.5655, 550_001, "genesis_v2-objects_room-release"),
 }
 # What each README sweep command must compose: (model, data, K, space, trials, metric, scheduler)
 TUNE_EXPECTED = {
@@ -83,6 +86,9 @@ def test_each_readme_training_command_trains_what_it_says(args, tmp_path, monkey
         stored = tmp_path / "runs" / "genesis-shapestacks" / "config.yaml"
         stored.parent.mkdir(parents=True)
         stored.write_text(OmegaConf.to_yaml(load_config(["model=genesis", "data=shapestacks"])))
+    if "-release/config.yaml" in args:
+        # What `python -m genesis_dist.import_model released/genesis_v2-objects_room` leaves.
+        import_released("genesis_v2-objects_room")
     overrides, config_file, print_only, _ = train_cli._parse_args(shlex.split(args))
     assert print_only == ("--print-config" in args)
     cfg = load_config(overrides, base_file=config_file)
@@ -196,7 +202,7 @@ def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch, sh
     (shard,) = [args for args in readme_commands("", ["python", "tools/shard.py"]) if args[:1] == ["images"]
                 and "--help" not in args]
     (train,) = [args for args in readme_commands("train") if "data=images" in args]
-    (decompose_args,) = readme_commands("decompose")
+    (decompose_args,) = [a for a in readme_commands("decompose") if "-release/" not in a[0]]
     source, photo = Path(shard[1]), Path(decompose_args[1])
     build_own_folder(source)
     photo.parent.mkdir(parents=True, exist_ok=True)
@@ -216,3 +222,45 @@ def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch, sh
     out = Path(decompose_args[decompose_args.index("--out") + 1])
     assert (out / f"{photo.stem}_decomposition.png").exists()
     assert len(list(out.glob(f"{photo.stem}_mask_*.png"))) == cfg.model.num_slots
+def import_released(name: str) -> None:
+    """Import one of the seven released models (built from the authors' layout and a weight
+    formula: tests/authors_release.py) as the README's command does, from ./released/NAME."""
+    from authors_release import released_model
+    from genesis_dist import import_model
+
+    released_model(name, Path("released") / name)
+    assert import_model.main([f"released/{name}"]) == 0
+
+
+def test_each_readme_released_model_command_runs_as_written(tmp_path, monkeypatch):
+    """The "Released models" commands: every import (one per released model) as written, into
+    the run folder the evaluation beside it scores; then decompose and export as written."""
+    from authors_release import RELEASES, released_model
+    from genesis_dist import decompose, export_model, import_model
+    from genesis_dist.evaluate import _parse
+
+    monkeypatch.chdir(tmp_path)
+    imports = [args[:args.index("&&")] if "&&" in args else args for args in readme_commands("import_model")]
+    assert sorted(args[0] for args in imports) == sorted(f"released/{name}" for name in RELEASES)
+    scored = {_parse(args)[0].split("=", 1)[1] for args in readme_commands("evaluate") if args[0] == "--run"}
+    for args in imports:
+        released_model(args[0].split("/", 1)[1], Path(args[0]))
+        assert import_model.main(args) == 0, args
+    for name in RELEASES:
+        model, data = name.split("-")
+        assert f"runs/{model}-{data}-release" in scored
+        assert (Path("runs") / f"{model}-{data}-release" / "config.yaml").is_file()
+    (decompose_args,) = [a for a in readme_commands("decompose") if "-release/" in a[0]]
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(decompose_args[1])
+    assert decompose.main(decompose_args) == 0
+    assert any(Path(decompose_args[decompose_args.index("--out") + 1]).glob("*_decomposition.png"))
+    (export_args,) = readme_commands("export_model")
+    # A run of `python -m genesis_dist.train data=shapestacks`: its folder with a complete checkpoint.
+    from genesis_dist.released import save_checkpoint_with_worker
+
+    cfg = load_config(["data=shapestacks", f"run.storage_path={tmp_path / 'runs'}"])
+    state = build_state(cfg, RankPlan.single(cfg, torch.device("cpu")))
+    save_checkpoint_with_worker(str(Path(export_args[0]) / "checkpoint_00000001"), state,
+                                {"step": 1, "config": OmegaConf.to_container(cfg)}, None)
+    assert export_model.main(export_args) == 0
+    assert (Path(export_args[export_args.index("--out") + 1]) / "model.ckpt-FINAL").is_file()

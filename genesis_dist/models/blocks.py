@@ -44,7 +44,9 @@ class ConvGNReLU(nn.Sequential):
 class UNet(nn.Module):
     """UNet backbone of GENESIS-V2 (SPEC: 5 blocks at 64 px, filters [64,64,128,128,128]).
 
-    `log2(H) - 1` down blocks with nearest ×0.5 resampling between them, an MLP
+    `log2(H) - 1` down blocks with nearest ×0.5 resampling between them (from 64 px on,
+    the authors' layout: the last three have 2·base filters, the others base, e.g.
+    [64,64,64,128,128,128] at 128 px; at 32 px the first two have base), an MLP
     (2 hidden layers of 128) on the flattened bottleneck, and mirrored up blocks
     with skip concatenation and nearest ×2 resampling.
 
@@ -63,7 +65,7 @@ class UNet(nn.Module):
         if 2 ** (num_blocks + 1) != img_size or num_blocks < 2:
             raise ValueError(f"UNet needs a power-of-two image size ≥ 8, got {img_size}")
         c = base
-        down_out = [c, c] + [2 * c] * (num_blocks - 2)
+        down_out = [c] * (num_blocks - 3) + [2 * c] * 3 if num_blocks >= 5 else [c, c] + [2 * c] * (num_blocks - 2)
         down_in = [in_ch] + down_out[:-1]
 
         def groups(channels: int) -> int:

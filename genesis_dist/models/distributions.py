@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .noise import standard_normal_like
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -29,7 +31,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 def reparameterise(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """One sample `mean + std * eps`, eps ~ N(0, I), same shape as `mean`."""
-    return mean + std * torch.randn_like(mean)
+    return mean + std * standard_normal_like(mean)
 
 
 def monte_carlo_kl(

@@ -43,10 +43,13 @@ class SemiConvEmbedding(nn.Module):
 
 def masks_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """`Σ_pixels KL(Cat(p) ‖ Cat(q))` over the slots of two sets of log masks `[B, K, 1, H, W]`,
-    each clamped to ≥ 1e-5 first. Returns `[B]` nats per image."""
+    each clamped to ≥ 1e-5 and renormalised over the slots first (as the authors'
+    `Categorical` of the clamped masks does). Returns `[B]` nats per image."""
     floor = math.log(MASK_FLOOR)
     log_p = full_precision(log_p).clamp_min(floor)
     log_q = full_precision(log_q).clamp_min(floor)
+    log_p = log_p - log_p.logsumexp(dim=1, keepdim=True)
+    log_q = log_q - log_q.logsumexp(dim=1, keepdim=True)
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).flatten(1).sum(dim=1)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .distributions import full_precision
+from .noise import uniform
 
 KERNELS = ("gaussian", "laplacian", "epanechnikov")
 # exp() of this is exactly 0 in float32/bfloat16: marks slots unused under the flexible stop.
@@ -79,8 +80,9 @@ class InstanceColouringSBP(nn.Module):
         if self.kernel == "gaussian":
             return torch.exp(-sq_dist / sigma)
         if self.kernel == "laplacian":
-            # Epsilon keeps the gradient of the square root finite at the seed pixel.
-            return torch.exp(-torch.sqrt(sq_dist + 1e-12) / sigma)
+            # The distance is floored at 1e-5 (squared 1e-10), straight through, as in the
+            # authors' code: a finite gradient of the square root at the seed pixel.
+            return torch.exp(-torch.sqrt(clamp_straight_through(sq_dist, 1e-10, 1e10)) / sigma)
         return torch.relu(1.0 - sq_dist / sigma)
 
     def forward(
@@ -106,7 +108,7 @@ class InstanceColouringSBP(nn.Module):
             emb = full_precision(embeddings).flatten(2)  # [B, E, N]
             b, _, n = emb.shape
             h, w = embeddings.shape[-2:]
-            seed_scores = torch.rand(b, n, device=emb.device, dtype=emb.dtype, generator=generator)
+            seed_scores = uniform((b, n), emb, generator)
             log_seed_scores = torch.log(seed_scores)
             log_scope = emb.new_zeros(b, n)
             active = torch.ones(b, dtype=torch.bool, device=emb.device)

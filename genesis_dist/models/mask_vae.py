@@ -8,6 +8,7 @@ from torch import nn
 
 from .distributions import full_precision, posterior_sigma
 from .gated import DEFAULT_STRIDES, GatedDecoder, GatedEncoder
+from .noise import standard_normal_like
 
 
 def stick_breaking(logits: torch.Tensor) -> torch.Tensor:
@@ -62,7 +63,7 @@ class MaskVAE(nn.Module):
         h = self.encoder(x)
         mean, raw = full_precision(self.first_head(h)).chunk(2, dim=-1)
         std = posterior_sigma(raw)
-        z = mean + std * torch.randn_like(mean) if sample else mean
+        z = mean + std * standard_normal_like(mean) if sample else mean
         zs, means, stds = [z], [mean], [std]
         state = None
         for _ in range(1, self.num_slots):
@@ -70,7 +71,7 @@ class MaskVAE(nn.Module):
             state = self.lstm(step_in, state)
             mean, raw = full_precision(self.step_head(state[0])).chunk(2, dim=-1)
             std = posterior_sigma(raw)
-            z = mean + std * torch.randn_like(mean) if sample else mean
+            z = mean + std * standard_normal_like(mean) if sample else mean
             zs.append(z)
             means.append(mean)
             stds.append(std)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .distributions import prior_sigma
+from .noise import standard_normal_like
 
 
 class AutoregressivePrior(nn.Module):
@@ -42,12 +43,12 @@ class AutoregressivePrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, num_slots: int, like: torch.Tensor) -> torch.Tensor:
         """Ancestral sample of `[n, num_slots, D]` latents (device/dtype of `like`)."""
-        z = torch.randn(n, 1, self.latent_dim, device=like.device, dtype=like.dtype)
+        z = standard_normal_like(like.new_empty(n, 1, self.latent_dim))
         latents = [z]
         state = None
         for _ in range(num_slots - 1):
             h, state = self.lstm(z, state)
             mean, std = self._params_from_hidden(h)
-            z = mean + std * torch.randn_like(mean)
+            z = mean + std * standard_normal_like(mean)
             latents.append(z)
         return torch.cat(latents, dim=1)

@@ -11,6 +11,7 @@ sweeps, the importer of released models — builds and parses names here.
     figures/ tensorboard/        training's pictures and TensorBoard events
     eval/                        evaluation's records (`<step:08d>.json`), figures, lease
     sample_keys/                 (debugging) the sample keys each rank trained on
+    release.json                 a run imported from the authors' release: its provenance (released.py)
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ FIGURES_FOLDER = "figures"
 TENSORBOARD_FOLDER = "tensorboard"
 EVAL_FOLDER = "eval"
 SAMPLE_KEYS_FOLDER = "sample_keys"
+RELEASE_FILE = "release.json"
 
 _CHECKPOINT = re.compile(r"checkpoint_(\d+)")
 _WORKER = re.compile(r"worker_(\d+)\.pt")

@@ -134,15 +134,20 @@ def restore(state: TrainState, loader, folder: str, rank: int, seed: int) -> flo
     same world size each rank continues exactly where it was; with another (an elastic
     resize) the rest of the epoch, what no rank had read, is laid out over the new ranks
     (`ShardLoader.resume`). The RNG is restored only where this rank saved one under the
-    same world size; otherwise it is reseeded from (seed, rank, step)."""
+    same world size; otherwise it is reseeded from (seed, rank, step). A checkpoint whose
+    worker file holds no data position and no RNG (an imported release, `released.py`) starts
+    the data at its beginning, reseeded."""
     saved, meta = load_checkpoint(folder)
     lr = state.schedule.base_lrs[0]
     state.load_state_dict(saved, int(meta["step"]))
     set_base_lr(state.optimizer, state.schedule, lr)
     workers = saved_worker_states(folder)
-    if workers:
-        loader.resume([w["data"] for w in workers.values()])
-    same_world = rank in workers and workers[rank]["data"].get("world_size", len(workers)) == loader.layout.world_size
+    positions = [w["data"] for w in workers.values() if w.get("data") is not None]
+    if positions:
+        loader.resume(positions)
+    mine = workers.get(rank) or {}
+    same_world = (mine.get("rng") is not None
+                  and (mine.get("data") or {}).get("world_size", len(workers)) == loader.layout.world_size)
     if same_world:
         set_rng_state(workers[rank]["rng"])
     else:
@@ -161,6 +166,8 @@ def saved_worker_states(folder: str) -> dict[int, dict[str, Any]]:
     if not os.path.exists(os.path.join(folder, worker_file(0))):
         return {}
     first = load(0)
+    if first.get("data") is None:  # no data position (an imported release): its one file
+        return {0: first}
     world = int(first["data"]["world_size"])
     missing = [worker_file(r) for r in range(1, world) if not os.path.exists(os.path.join(folder, worker_file(r)))]
     if missing:
