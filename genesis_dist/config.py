@@ -112,6 +112,10 @@ class ScalingConfig:
     resize_interval_s: float = 60.0  # elastic: how often Ray Train looks for room to grow the worker group
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
+    # Further Ray resources each training worker reserves, e.g. {accelerator_type:A10G: 0.001} to
+    # pin workers to a node type, or the rehearsal's {rehearsal_gpu: 1} (tools/local_cluster.py);
+    # CPUs and GPUs are cpus_per_worker and use_gpu.
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
     sync_batchnorm: bool = True  # BatchNorm statistics over all workers' batches (GENESIS) when > 1 worker
 
 
@@ -322,6 +326,12 @@ def validate(cfg: DictConfig) -> None:
                           f"scaling.num_workers={cfg.scaling.num_workers}"
                           + (f" (every world size from {low} to {high}; {uneven[0]} does not divide it)"
                              if low < high else ""))
+    for name, amount in cfg.scaling.resources_per_worker.items():
+        if name in ("CPU", "GPU"):
+            raise ConfigError(f"scaling.resources_per_worker.{name}: set scaling."
+                              + ("cpus_per_worker" if name == "CPU" else "use_gpu") + " instead")
+        if amount < 0:
+            raise ConfigError(f"scaling.resources_per_worker.{name}={amount:g}: must be ≥ 0")
     if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
         raise ConfigError("data.num_workers must be ≥ 0 (or null: the node's cores per training worker)")
     if cfg.run.log_sample_keys and "://" in cfg.run.storage_path and not cfg.run.storage_path.startswith("file://"):
