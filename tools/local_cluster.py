@@ -57,6 +57,7 @@ GPU_RESOURCE = "rehearsal_gpu"
 FAKE_HEAD_TYPE = "ray.head.default"
 NODE_OBJECT_STORE_BYTES = 200 * 1024**2  # per node: Ray's default (30 % of memory) would be per node too
 STATE_FILE = "rehearsal.json"
+NODE_TYPE_LABEL = "rehearsal-node-type"
 CARRIED = ("cluster_name", "max_workers", "idle_timeout_minutes", "upscaling_speed")
 WHY_LEFT_OUT = {
     "provider": "replaced by Ray's fake_multinode provider: nodes are Ray processes on this machine",
@@ -115,7 +116,9 @@ def rehearsal_config(cloud: dict, cores: int, gcs_address: str, catalogue: dict,
                      "(--idle-timeout-minutes)")
         config["idle_timeout_minutes"] = idle_timeout_minutes
     config["provider"] = {"type": "fake_multinode", "gcs_address": gcs_address, "use_node_id_as_ip": True,
-                          "disable_node_updaters": True, "disable_launch_config_check": True}
+                          "disable_node_updaters": True, "disable_launch_config_check": True,
+                          # Without it the fake provider starts one node per launch request, whatever the count.
+                          "launch_multiple": True}
     types: dict[str, dict] = {}
     head_name = cloud["head_node_type"]
     for name, node_type in cloud["available_node_types"].items():
@@ -132,9 +135,10 @@ def rehearsal_config(cloud: dict, cores: int, gcs_address: str, catalogue: dict,
             types[name] = {"resources": {**resources, "object_store_memory": NODE_OBJECT_STORE_BYTES},
                            "node_config": {}, "min_workers": node_type.get("min_workers", 0),
                            "max_workers": node_type.get("max_workers", cloud.get("max_workers", 0))}
-            for key in ("idle_timeout_s", "labels"):
-                if key in node_type:
-                    types[name][key] = node_type[key]
+            if "idle_timeout_s" in node_type:
+                types[name]["idle_timeout_s"] = node_type["idle_timeout_s"]
+            # Ray labels each node with this (dashboard, state API): which type the autoscaler started.
+            types[name]["labels"] = {**node_type.get("labels", {}), NODE_TYPE_LABEL: name}
             shape = (f"{gpus} × {model}: {gpus} CPU(s) and {GPU_RESOURCE}: {gpus}, one per GPU (the training "
                      f"workers run on the CPU and ask for {GPU_RESOURCE})" if gpus else
                      f"{resources['CPU']} CPUs")
@@ -244,6 +248,13 @@ def cluster_logs(folder: Path) -> Path:
     return folder / "session_latest" / "logs"
 
 
+def ensure_token(python_dir: str) -> None:
+    """Make Ray's authentication token (~/.ray/auth_token) if there is none; never print it."""
+    ray_cli = shutil.which("ray", path=python_dir) or "ray"
+    subprocess.run([ray_cli, "get-auth-token", "--generate"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True, timeout=60)
+
+
 def wait_for_dashboard(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -293,6 +304,9 @@ def up(args: argparse.Namespace) -> int:
     python_dir = os.path.dirname(sys.executable)
     env = {**os.environ,
            "RAY_FAKE_CLUSTER": "1",  # lets the autoscaler load the fake_multinode provider
+           # Token authentication (the token in ~/.ray/auth_token, made if missing, as ray.init() does):
+           # the job API listens on this machine's loopback, which other users of the machine reach too.
+           "RAY_AUTH_MODE": "token",
            "RAY_TMPDIR": str(folder),
            # Every process of the cluster asks this dashboard for state (see genesis_dist/ray_cluster.py).
            "RAY_API_SERVER_ADDRESS": dashboard,
@@ -306,6 +320,7 @@ def up(args: argparse.Namespace) -> int:
                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
                "--disable-usage-stats"]
+    ensure_token(python_dir)
     state = {"dashboard": dashboard, "gcs_address": gcs_address, "sessions": []}
     try:
         with open(folder / "up.log", "w") as log:
@@ -332,7 +347,7 @@ def up(args: argparse.Namespace) -> int:
         raise RehearsalError(f"the cluster did not come up: {err}") from None
     print(f"[rehearsal] up: dashboard and job API at {dashboard} (GCS {gcs_address}); logs in "
           f"{cluster_logs(folder)} (monitor.out/.err: the autoscaler)")
-    print(f"[rehearsal] submit: ray job submit --address {dashboard} --working-dir . -- python -m genesis_dist.train "
+    print(f"[rehearsal] submit: RAY_AUTH_MODE=token ray job submit --address {dashboard} --working-dir . -- python -m genesis_dist.train "
           f"scaling.cpus_per_worker=1 scaling.resources_per_worker.{GPU_RESOURCE}=1 ...")
     print(f"[rehearsal] stop: python tools/local_cluster.py down" + (f" --dir {folder}" if args.dir != DEFAULT_DIR else ""))
     return 0
