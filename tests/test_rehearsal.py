@@ -48,9 +48,11 @@ def tool():
 def test_the_rehearsal_file_keeps_the_cloud_files_node_types_and_scaling(tool):
     cloud = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
     cloud["upscaling_speed"] = 2.0  # carried over when the cloud file sets it
-    config, notes = tool.rehearsal_config(cloud, 2, "127.0.0.1:6380", tool.instance_catalogue())
+    config, notes = tool.rehearsal_config(cloud, 2, "127.0.0.1:6380", "/tmp/r/nodes", tool.instance_catalogue())
     jsonschema.validate(config, json.loads(SCHEMA.read_text()))  # what Ray's autoscaler accepts
-    assert config["provider"]["type"] == "fake_multinode" and config["provider"]["gcs_address"] == "127.0.0.1:6380"
+    provider = config["provider"]
+    assert (provider["type"], provider["module"]) == ("external", "rehearsal_provider.RehearsalNodeProvider")
+    assert provider["gcs_address"] == "127.0.0.1:6380" and provider["nodes_dir"] == "/tmp/r/nodes"
     for key in ("cluster_name", "max_workers", "idle_timeout_minutes", "upscaling_speed"):
         assert config[key] == cloud[key], key
     workers = {name: t for name, t in cloud["available_node_types"].items() if name != cloud["head_node_type"]}
@@ -74,7 +76,8 @@ def test_the_rehearsal_file_keeps_the_cloud_files_node_types_and_scaling(tool):
 
 def test_a_shorter_idle_timeout_is_said_and_an_unknown_instance_type_is_one_line(tool, capsys):
     cloud = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
-    config, notes = tool.rehearsal_config(cloud, 2, "127.0.0.1:1", tool.instance_catalogue(), idle_timeout_minutes=0.5)
+    config, notes = tool.rehearsal_config(cloud, 2, "127.0.0.1:1", "/tmp/r/nodes", tool.instance_catalogue(),
+                                          idle_timeout_minutes=0.5)
     assert config["idle_timeout_minutes"] == 0.5 and any("instead of 10" in n for n in notes)
     cloud["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"] = "g5.3xhuge"
     bad = Path(tempfile.mkdtemp()) / "bad.yaml"
@@ -269,8 +272,10 @@ def test_train_evaluate_and_tune_run_as_jobs_on_nodes_the_autoscaler_starts_and_
     history = read_history(join(run_url, "metrics.jsonl"), s3, upto_step=10**9)
     assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]
     # The job ran the uploaded repository without the ignored folders (.venv, runs/, data/).
-    packages = list((rehearsal.folder / "session_latest" / "runtime_resources" / "working_dir_files").glob("*"))
-    assert packages and all((p / "genesis_dist").is_dir() and not (p / ".venv").exists() for p in packages)
+    packages = [p for p in (rehearsal.folder / "session_latest" / "runtime_resources" / "working_dir_files").iterdir()
+                if p.is_dir()]
+    assert packages and all((p / "genesis_dist").is_dir() for p in packages)
+    assert not [p / ignored for p in packages for ignored in (".venv", ".git", "runs", "data") if (p / ignored).exists()]
 
     # Evaluation of every checkpoint (on the head's CPUs: no GPU asked for).
     evaluate = rehearsal.submit("evaluate", ["python", "-m", "genesis_dist.evaluate", "--run", run_url, "actors=1",
@@ -304,3 +309,62 @@ def test_train_evaluate_and_tune_run_as_jobs_on_nodes_the_autoscaler_starts_and_
 
     # Idle worker nodes go (idle_timeout_minutes 0.5 here).
     rehearsal.wait_for("idle worker nodes removed", lambda: not rehearsal.worker_nodes(), 180)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_a_spot_interruption_drains_one_node_and_the_elastic_job_shrinks_grows_back_and_trains_every_sample_once(
+        rehearsal):
+    from elastic_checks import attempt_worlds, check_every_sample_once, progress
+    from tiny_config import TINY
+
+    steps = 240
+    run = rehearsal.folder / "runs" / "spot"  # local: sample-key logs are local files (every node shares them)
+    # 96 samples, 8 per worker: 6 steps an epoch at 2 workers, 12 at 1; a checkpoint every 4
+    # steps falls where the epoch's rest divides by either global batch (tests/test_elastic.py).
+    job = rehearsal.submit("spot", [
+        "python", "-m", "genesis_dist.train", *TINY, f"data.url={rehearsal.bucket}/data",
+        f"run.storage_path={run.parent}", "run.name=spot", f"optim.steps={steps}", "scaling.num_workers=[1,2]",
+        "scaling.resize_interval_s=2", "run.checkpoint_every=4", "run.keep_checkpoints=1000", "run.log_sample_keys=true",
+        "run.max_failures=4", "scaling.cpus_per_worker=1", "scaling.resources_per_worker.rehearsal_gpu=1"],
+        # Ray Train may first try the old size once after a node goes; that attempt waits for
+        # the worker-group start timeout (60 s by default) before the smaller start.
+        env_vars={"RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"})
+
+    def attempt_with(world, new_steps, after_attempts):
+        """An attempt later than `after_attempts` with `world` workers that has logged
+        `new_steps` steps: its number, else None (fails when the job ended)."""
+        count, current, first, last = progress(run)
+        if count > after_attempts and current == world and last - first + 1 >= new_steps:
+            return count
+        status = rehearsal.api.get(f"/api/jobs/{job}")["status"]
+        assert status in ("PENDING", "RUNNING"), f"the job ended early ({status}): {progress(run)}\n" + rehearsal.diagnosis(job)
+        return None
+
+    seen = rehearsal.wait_for("2 workers training", lambda: attempt_with(2, 5, 0), 360, job)
+    first_nodes = rehearsal.worker_nodes()
+    assert len(first_nodes) == 2
+    doomed = first_nodes[-1]["node_id"]
+    rehearsal.wait_for("the spot watcher polling", lambda: rehearsal.metadata.polled_by(doomed), 60, job)
+    # EC2 announces the interruption two minutes ahead; here 10 s.
+    rehearsal.metadata.notices[doomed] = {"action": "terminate",
+                                          "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 10))}
+    rehearsal.wait_for("the drained node gone", lambda: not any(n["node_id"] == doomed for n in rehearsal.worker_nodes()),
+                       120, job)
+    seen = rehearsal.wait_for("1 worker training on", lambda: attempt_with(1, 3, seen), 240, job)
+    replacement = rehearsal.wait_for(
+        "a replacement node", lambda: [n for n in rehearsal.worker_nodes() if n["node_id"] not in
+                                       {m["node_id"] for m in first_nodes}], 240, job)
+    rehearsal.wait_for("2 workers again", lambda: attempt_with(2, 1, seen), 240, job)
+    record = rehearsal.wait_job(job, 420)
+    assert record["status"] == "SUCCEEDED", rehearsal.diagnosis(job)
+
+    logs = rehearsal.api.get(f"/api/jobs/{job}/logs")["logs"]
+    assert "Training was interrupted by node preemption" in logs  # Ray Train saw a preemption
+    watcher_log = (rehearsal.folder / f"spot-watcher-{doomed}.log").read_text()
+    assert f"drained node {doomed} as a preemption: spot interruption" in watcher_log
+    dead = next(n for n in rehearsal.api.nodes() if n["node_id"] == doomed)
+    assert dead["state"] == "DEAD", dead
+    assert attempt_worlds(run) == [2, 1, 2]
+    check_every_sample_once(run, steps, samples=96, batch=8)
+    assert replacement[0]["labels"]["rehearsal-node-type"] == "gpu_worker"

@@ -53,6 +53,7 @@ CLOUD_FILE = ROOT / "cluster" / "aws.yaml"
 SPOT_WATCHER = ROOT / "cluster" / "spot_watcher.py"
 DEFAULT_DIR = f"/tmp/genesis-rehearsal-{os.getuid()}"  # short: Ray's Unix socket paths are limited
 GPU_RESOURCE = "rehearsal_gpu"
+PROVIDER = "rehearsal_provider.RehearsalNodeProvider"  # tools/rehearsal_provider.py
 # The name Ray's fake provider tags its head node with; the head node type must carry it.
 FAKE_HEAD_TYPE = "ray.head.default"
 NODE_OBJECT_STORE_BYTES = 200 * 1024**2  # per node: Ray's default (30 % of memory) would be per node too
@@ -60,7 +61,8 @@ STATE_FILE = "rehearsal.json"
 NODE_TYPE_LABEL = "rehearsal-node-type"
 CARRIED = ("cluster_name", "max_workers", "idle_timeout_minutes", "upscaling_speed")
 WHY_LEFT_OUT = {
-    "provider": "replaced by Ray's fake_multinode provider: nodes are Ray processes on this machine",
+    "provider": "replaced by Ray's fake_multinode provider: nodes are Ray processes on this machine, each with "
+                "a folder of its own",
     "auth": "no SSH: nodes are local processes",
     "file_mounts": "jobs get the repository through `ray job submit --working-dir .`; all nodes share this machine's files",
     "setup_commands": "no installation: every node runs the Python environment that ran `up`",
@@ -104,18 +106,21 @@ def instance_shape(instance_type: str, catalogue: dict) -> tuple[int, int, str]:
             "+".join(g["Name"] for g in gpus))
 
 
-def rehearsal_config(cloud: dict, cores: int, gcs_address: str, catalogue: dict,
+def rehearsal_config(cloud: dict, cores: int, gcs_address: str, nodes_dir: str, catalogue: dict,
                      idle_timeout_minutes: float | None = None) -> tuple[dict, list[str]]:
     """The rehearsal cluster file for the cloud cluster file `cloud` (a parsed
     cluster/aws.yaml) on a machine with `cores` cores whose head's GCS listens at
-    `gcs_address`, and the lines saying what was left out or changed and why."""
+    `gcs_address`, worker nodes keeping their files under `nodes_dir`, and the lines
+    saying what was left out or changed and why."""
     notes: list[str] = []
     config = {key: cloud[key] for key in CARRIED if key in cloud}
     if idle_timeout_minutes is not None:
         notes.append(f"idle_timeout_minutes: {idle_timeout_minutes:g} instead of {cloud.get('idle_timeout_minutes')} "
                      "(--idle-timeout-minutes)")
         config["idle_timeout_minutes"] = idle_timeout_minutes
-    config["provider"] = {"type": "fake_multinode", "gcs_address": gcs_address, "use_node_id_as_ip": True,
+    # Ray's fake_multinode provider, each node with a folder of its own (tools/rehearsal_provider.py).
+    config["provider"] = {"type": "external", "module": PROVIDER, "nodes_dir": nodes_dir,
+                          "gcs_address": gcs_address, "use_node_id_as_ip": True,
                           "disable_node_updaters": True, "disable_launch_config_check": True,
                           # Without it the fake provider starts one node per launch request, whatever the count.
                           "launch_multiple": True}
@@ -293,8 +298,8 @@ def up(args: argparse.Namespace) -> int:
     gcs_port = free_port()
     gcs_address = f"127.0.0.1:{gcs_port}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    config, notes = rehearsal_config(load_cloud_file(args.cluster), cores, gcs_address, instance_catalogue(),
-                                     args.idle_timeout_minutes)
+    config, notes = rehearsal_config(load_cloud_file(args.cluster), cores, gcs_address, str(folder / "nodes"),
+                                     instance_catalogue(), args.idle_timeout_minutes)
     (folder / "cluster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"[rehearsal] {args.cluster} → {folder / 'cluster.yaml'}")
     for line in notes:
@@ -312,6 +317,9 @@ def up(args: argparse.Namespace) -> int:
            "RAY_API_SERVER_ADDRESS": dashboard,
            # Jobs run `python` from the environment that runs `up`.
            "PATH": python_dir + os.pathsep + os.environ.get("PATH", ""),
+           # The autoscaler imports the rehearsal's node provider from this folder.
+           "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parent),
+                                                     os.environ.get("PYTHONPATH")) if p),
            "RAY_ADDRESS": ""}
     command = [shutil.which("ray", path=python_dir) or "ray", "start", "--head", f"--port={gcs_port}",
                f"--temp-dir={folder}", f"--num-cpus={head_cpus}", f"--object-store-memory={NODE_OBJECT_STORE_BYTES}",
@@ -368,7 +376,7 @@ def down(args: argparse.Namespace) -> int:
 
 def show_config(args: argparse.Namespace) -> int:
     config, notes = rehearsal_config(load_cloud_file(args.cluster), os.cpu_count() or 1, "127.0.0.1:GCS_PORT",
-                                     instance_catalogue(), args.idle_timeout_minutes)
+                                     f"{args.dir}/nodes", instance_catalogue(), args.idle_timeout_minutes)
     print(yaml.safe_dump(config, sort_keys=False), end="")
     for line in notes:
         print(f"# {line}")
