@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 import time
 
@@ -43,6 +44,11 @@ class InstanceMetadata(http.server.ThreadingHTTPServer):
     def polled_by(self, instance: str) -> bool:
         """Whether the instance's watcher has asked for its interruption notice."""
         return any(path == f"/{instance}/latest/meta-data/spot/instance-action" for _, path, _ in self.requests)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that gave up waiting (its timeout on a busy machine) is no error here."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
     def close(self) -> None:
         self.shutdown()

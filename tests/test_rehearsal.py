@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -193,6 +194,13 @@ class Rehearsal:
             time.sleep(1)
         pytest.fail(f"{what}: not after {timeout:g} s\n{self.diagnosis(job)}")
 
+    def autoscaler_pid(self) -> int:
+        """The process id of the cluster's autoscaler (Ray's monitor.py on the head)."""
+        listing = subprocess.run(["ps", "-A", "-o", "pid=,args="], capture_output=True, text=True, check=True).stdout
+        (pid,) = [int(line.split()[0]) for line in listing.splitlines()
+                  if "autoscaler/_private/monitor.py" in line and str(self.folder) in line]
+        return pid
+
     def worker_nodes(self, node_type: str = "gpu_worker", state: str | None = "ALIVE") -> list[dict]:
         return [n for n in self.api.nodes() if n["labels"].get("rehearsal-node-type") == node_type
                 and (state is None or n["state"] == state)]
@@ -318,7 +326,7 @@ def test_a_spot_interruption_drains_one_node_and_the_elastic_job_shrinks_grows_b
     from elastic_checks import attempt_worlds, check_every_sample_once, progress
     from tiny_config import TINY
 
-    steps = 240
+    steps = 360
     run = rehearsal.folder / "runs" / "spot"  # local: sample-key logs are local files (every node shares them)
     # 96 samples, 8 per worker: 6 steps an epoch at 2 workers, 12 at 1; a checkpoint every 4
     # steps falls where the epoch's rest divides by either global batch (tests/test_elastic.py).
@@ -342,16 +350,24 @@ def test_a_spot_interruption_drains_one_node_and_the_elastic_job_shrinks_grows_b
         return None
 
     seen = rehearsal.wait_for("2 workers training", lambda: attempt_with(2, 5, 0), 360, job)
-    first_nodes = rehearsal.worker_nodes()
-    assert len(first_nodes) == 2
+    # Two gpu_worker nodes, each with a training worker (an extra idle one goes after 0.5 min).
+    first_nodes = rehearsal.wait_for("two gpu_worker nodes", lambda: [n for n in [rehearsal.worker_nodes()]
+                                                                      if len(n) == 2], 120, job)[0]
     doomed = first_nodes[-1]["node_id"]
     rehearsal.wait_for("the spot watcher polling", lambda: rehearsal.metadata.polled_by(doomed), 60, job)
-    # EC2 announces the interruption two minutes ahead; here 10 s.
-    rehearsal.metadata.notices[doomed] = {"action": "terminate",
-                                          "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 10))}
-    rehearsal.wait_for("the drained node gone", lambda: not any(n["node_id"] == doomed for n in rehearsal.worker_nodes()),
-                       120, job)
-    seen = rehearsal.wait_for("1 worker training on", lambda: attempt_with(1, 3, seen), 240, job)
+    # Nodes start here in seconds, before Ray Train would restart smaller; as when EC2 has no
+    # spot capacity for a while, the autoscaler is paused until the run goes on with one worker.
+    monitor = rehearsal.autoscaler_pid()
+    os.kill(monitor, signal.SIGSTOP)
+    try:
+        # EC2 announces the interruption two minutes ahead; here 10 s.
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 10))
+        rehearsal.metadata.notices[doomed] = {"action": "terminate", "time": when}
+        rehearsal.wait_for("the drained node gone",
+                           lambda: not any(n["node_id"] == doomed for n in rehearsal.worker_nodes()), 120, job)
+        seen = rehearsal.wait_for("1 worker training on", lambda: attempt_with(1, 3, seen), 240, job)
+    finally:
+        os.kill(monitor, signal.SIGCONT)
     replacement = rehearsal.wait_for(
         "a replacement node", lambda: [n for n in rehearsal.worker_nodes() if n["node_id"] not in
                                        {m["node_id"] for m in first_nodes}], 240, job)
@@ -364,6 +380,7 @@ def test_a_spot_interruption_drains_one_node_and_the_elastic_job_shrinks_grows_b
     watcher_log = (rehearsal.folder / f"spot-watcher-{doomed}.log").read_text()
     assert f"drained node {doomed} as a preemption: spot interruption" in watcher_log
     dead = next(n for n in rehearsal.api.nodes() if n["node_id"] == doomed)
+    print(f"[rehearsal] the drained node: {dead}")
     assert dead["state"] == "DEAD", dead
     assert attempt_worlds(run) == [2, 1, 2]
     check_every_sample_once(run, steps, samples=96, batch=8)
