@@ -196,10 +196,12 @@ class Rehearsal:
 
     def autoscaler_pid(self) -> int:
         """The process id of the cluster's autoscaler (Ray's monitor.py on the head)."""
-        listing = subprocess.run(["ps", "-A", "-o", "pid=,args="], capture_output=True, text=True, check=True).stdout
-        (pid,) = [int(line.split()[0]) for line in listing.splitlines()
-                  if "autoscaler/_private/monitor.py" in line and str(self.folder) in line]
-        return pid
+        listing = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,args="], capture_output=True, text=True,
+                                 check=True).stdout
+        pids = [int(line.split()[0]) for line in listing.splitlines()
+                if "autoscaler/_private/monitor.py" in line and str(self.folder) in line]
+        assert len(pids) == 1, f"autoscaler processes: {pids}\n{self.diagnosis()}"
+        return pids[0]
 
     def worker_nodes(self, node_type: str = "gpu_worker", state: str | None = "ALIVE") -> list[dict]:
         return [n for n in self.api.nodes() if n["labels"].get("rehearsal-node-type") == node_type
@@ -385,3 +387,26 @@ def test_a_spot_interruption_drains_one_node_and_the_elastic_job_shrinks_grows_b
     assert attempt_worlds(run) == [2, 1, 2]
     check_every_sample_once(run, steps, samples=96, batch=8)
     assert replacement[0]["labels"]["rehearsal-node-type"] == "gpu_worker"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_an_up_that_fails_midway_stops_everything_it_started(tool):
+    """`ray start` cut short by `up`'s own timeout: `up` reports it in one line, status 1,
+    and leaves no process of its folder behind; `down` then has nothing left to stop."""
+    folder = Path(tempfile.mkdtemp(prefix="gdr", dir="/tmp")) / "cluster"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, str(ROOT / "tools" / "local_cluster.py")]
+    try:
+        done = subprocess.run([*command, "up", "--dir", str(folder), "--dashboard-port", str(tool.free_port()),
+                               "--timeout", "3"], env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.strip().splitlines()[-1] == (
+            "local_cluster: error: the cluster did not come up: `ray start --head` did not finish within 3 s")
+        sessions = json.loads((folder / "rehearsal.json").read_text())["sessions"]
+        assert sessions and not tool.processes_of(sessions, str(folder))
+        down = subprocess.run([*command, "down", "--dir", str(folder)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert down.returncode == 0 and "0 processes stopped" in down.stdout, down.stdout + down.stderr
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)

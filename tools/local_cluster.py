@@ -195,7 +195,7 @@ def processes_of(sessions: list[int], folder: str) -> list[int]:
     """Process ids in the given sessions or whose command line names `folder` (the
     rehearsal's private folder: every Ray process of the cluster has its session path
     in its arguments), this process excepted."""
-    listing = subprocess.run(["ps", "-A", "-o", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,args="], capture_output=True, text=True, check=True).stdout
     found = []
     for line in listing.splitlines():
         pid_text, _, args = line.strip().partition(" ")
@@ -341,18 +341,20 @@ def up(args: argparse.Namespace) -> int:
                 raise RehearsalError(f"`ray start --head` did not finish within {args.timeout:g} s") from None
             if status != 0:
                 raise RehearsalError(f"`ray start --head` failed (status {status})")
-            if args.imds:
-                watcher_log = open(folder / "spot-watchers.log", "w")
+        if args.imds:
+            with open(folder / "spot-watchers.log", "w") as watcher_log:
                 agent = subprocess.Popen([sys.executable, __file__, "watch-nodes", "--dir", str(folder),
                                           "--imds", args.imds], env=env, stdout=watcher_log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-                state["sessions"].append(agent.pid)
-                write_state(folder, state)
+            state["sessions"].append(agent.pid)
+            write_state(folder, state)
         wait_for_dashboard(dashboard, args.timeout)
-    except (RehearsalError, OSError) as err:
+    except BaseException as err:  # Ctrl-C included: what started is stopped
         print(f"[rehearsal] {folder / 'up.log'}:\n{tail(folder / 'up.log')}", file=sys.stderr)
         stop_processes(state["sessions"], str(folder))
-        raise RehearsalError(f"the cluster did not come up: {err}") from None
+        if isinstance(err, (RehearsalError, OSError)):
+            raise RehearsalError(f"the cluster did not come up: {err}") from None
+        raise
     print(f"[rehearsal] up: dashboard and job API at {dashboard} (GCS {gcs_address}); logs in "
           f"{cluster_logs(folder)} (monitor.out/.err: the autoscaler)")
     print(f"[rehearsal] submit: RAY_AUTH_MODE=token ray job submit --address {dashboard} --working-dir . -- python -m genesis_dist.train "

@@ -1,6 +1,9 @@
 """The node provider of the cluster rehearsal (tools/local_cluster.py): Ray's
 `fake_multinode` provider, except that every node it starts gets a temp dir of its own
-(`provider.nodes_dir`/n<N>), as every machine of a real cluster has its own disk.
+(`provider.nodes_dir`/n<N>), as every machine of a real cluster has its own disk, and that
+a node whose raylet has exited (drained at a spot interruption's deadline, killed) is no
+longer listed, as EC2 stops listing a terminated instance: Ray's fake provider keeps
+listing it, so the autoscaler counted the dead node as capacity and never replaced it.
 
 Ray's fake provider starts each node with the head's temp dir, so all nodes share one
 session folder, and with it the unpacked `--working-dir` of jobs: a node that joins unpacks
@@ -18,6 +21,7 @@ import itertools
 import os
 
 import ray._private.node
+from ray._private import ray_constants
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 
 
@@ -43,3 +47,17 @@ class RehearsalNodeProvider(FakeMultiNodeProvider):
                 super()._create_node_with_resources_and_labels(node_config, tags, count, resources, labels)
             finally:
                 ray._private.node.Node = start_node
+
+    def non_terminated_nodes(self, tag_filters):
+        with self.lock:
+            for node_id, record in list(self._nodes.items()):
+                node = record.get("node")  # None for the head, which this provider did not start
+                if node is not None and _raylet_exited(node):
+                    del self._nodes[node_id]
+                    self._terminate_node(record)  # whatever of the node is left goes with it
+        return super().non_terminated_nodes(tag_filters)
+
+
+def _raylet_exited(node: "ray._private.node.Node") -> bool:
+    return any(info.process.poll() is not None
+               for info in node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, []))
