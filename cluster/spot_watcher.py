@@ -18,7 +18,9 @@ until the deadline and restarts the worker group from the latest checkpoint (a p
 counts against FailureConfig.max_preemption_failures, unlimited by default, not against
 run.max_failures); an elastic run (scaling.num_workers=[MIN, MAX]) continues smaller.
 
-The node is found by `--node-id`, else as the one alive Ray node whose address is this
+The metadata service is --imds, else AWS_EC2_METADATA_SERVICE_ENDPOINT (botocore's
+variable for it), else http://169.254.169.254 (tools/local_cluster.py points each rehearsal
+node's watcher at a stand-in). The node is found by `--node-id`, else as the one alive Ray node whose address is this
 instance's private IP (IMDS local-ipv4). Standard library only, besides the `ray` CLI and
 Ray's GCS client for the node lookup. Exit status: 0 drained (or already running: see
 --pidfile), 2 a usage error (one line on stderr).
@@ -156,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", required=True, help="the cluster's GCS address, HEAD_IP:6379")
     parser.add_argument("--node-id", help="this node's hex id (default: the alive node at this instance's IP)")
-    parser.add_argument("--imds", default=IMDS, help="the instance metadata service (tests point it elsewhere)")
+    parser.add_argument("--imds", default=os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS,
+                        help="the instance metadata service (default: AWS_EC2_METADATA_SERVICE_ENDPOINT, "
+                             "as in botocore, else the EC2 link-local address)")
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between polls")
     parser.add_argument("--sigterm-deadline", type=int, default=30, help="drain deadline on SIGTERM, seconds")
     parser.add_argument("--pidfile", help="exit at once when the process it names still runs")

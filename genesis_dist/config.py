@@ -177,6 +177,12 @@ def validate(cfg: DictConfig) -> None:
                           f"scaling.num_workers={cfg.scaling.num_workers}"
                           + (f" (every world size from {low} to {high}; {uneven[0]} does not divide it)"
                              if low < high else ""))
+    for name, amount in cfg.scaling.resources_per_worker.items():
+        if name in ("CPU", "GPU"):
+            raise ConfigError(f"scaling.resources_per_worker.{name}: set scaling."
+                              + ("cpus_per_worker" if name == "CPU" else "use_gpu") + " instead")
+        if amount < 0:
+            raise ConfigError(f"scaling.resources_per_worker.{name}={amount:g}: must be ≥ 0")
     if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
         raise ConfigError("data.num_workers must be ≥ 0 (or null: the node's cores per training worker)")
     if cfg.run.log_sample_keys and "://" in cfg.run.storage_path and not cfg.run.storage_path.startswith("file://"):

@@ -99,6 +99,10 @@ class ScalingConfig:
     resize_interval_s: float = 60.0  # elastic: how often Ray Train looks for room to grow the worker group
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
+    # Further Ray resources each training worker reserves, e.g. {accelerator_type:A10G: 0.001} to
+    # pin workers to a node type, or the rehearsal's {rehearsal_gpu: 1} (tools/local_cluster.py);
+    # CPUs and GPUs are cpus_per_worker and use_gpu.
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
     sync_batchnorm: bool = True  # BatchNorm statistics over all workers' batches (GENESIS) when > 1 worker
 
 

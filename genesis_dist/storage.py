@@ -238,6 +238,8 @@ def storage_failure(error: BaseException, url: str = "") -> StorageError | None:
 # tokens are shown by the Ray dashboard and the state API to anyone who reaches them.
 TRAVELLING_AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
                            "AWS_PROFILE", "AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS")
+# The AWS credentials of an environment: they never travel.
+AWS_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 def aws_environment() -> dict[str, str]:

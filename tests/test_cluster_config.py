@@ -2,13 +2,12 @@
 worker types; cluster/spot_watcher.py drains a real Ray node as a preemption when an
 IMDSv2 stand-in on loopback announces a spot interruption, or on SIGTERM."""
 import datetime as dt
-import http.server
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import pytest
 import yaml
 
 import ray.autoscaler
+
+from imds_server import InstanceMetadata
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
@@ -79,64 +80,6 @@ def _watcher_module():
     return module
 
 
-class InstanceMetadata(http.server.ThreadingHTTPServer):
-    """An HTTP server on loopback that answers the IMDSv2 requests the watcher makes, as
-    AWS documents them: PUT /latest/api/token (with a TTL header) gives a session token;
-    GET /latest/meta-data/... needs it (401 without or with an expired one); the spot
-    instance-action document is 404 until an interruption is scheduled."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _MetadataHandler)
-        self.tokens: set[str] = set()
-        self.notice: dict | None = None
-        self.local_ipv4 = "127.0.0.1"
-        self.requests: list[tuple[str, str, int]] = []
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def expire_tokens(self) -> None:
-        self.tokens.clear()
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _MetadataHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, code: int, body: str = "") -> None:
-        self.server.requests.append((self.command, self.path, code))
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_PUT(self):
-        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
-        if self.path != "/latest/api/token" or not ttl or not 1 <= int(ttl) <= 21600:
-            return self._reply(400)
-        token = f"token-{len(self.server.tokens)}-{time.monotonic_ns()}"
-        self.server.tokens.add(token)
-        self._reply(200, token)
-
-    def do_GET(self):
-        if self.headers.get("X-aws-ec2-metadata-token") not in self.server.tokens:
-            return self._reply(401)
-        if self.path == "/latest/meta-data/local-ipv4":
-            return self._reply(200, self.server.local_ipv4)
-        if self.path == "/latest/meta-data/spot/instance-action":
-            notice = self.server.notice
-            return self._reply(200, json.dumps(notice)) if notice else self._reply(404)
-        self._reply(404)
-
-
 @pytest.fixture
 def metadata():
     server = InstanceMetadata()
@@ -157,6 +100,20 @@ def test_watcher_reads_the_interruption_notice_with_a_session_token(metadata):
     noon = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp()
     assert watcher.seconds_until("2026-01-01T12:02:00Z", now=noon) == 120
     assert watcher.seconds_until("2026-01-01T11:59:00Z", now=noon) == 0
+
+
+def test_watcher_finds_the_metadata_service_where_botocore_looks(metadata):
+    """AWS_EC2_METADATA_SERVICE_ENDPOINT (botocore's setting) points the watcher at the
+    service, here one instance's path on the stand-in: it reads that instance's notice and
+    tries to drain (no cluster at the address: one line, status 2)."""
+    metadata.notices["node-a"] = {"action": "terminate", "time": "2026-01-01T12:02:00Z"}
+    env = {**os.environ, "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"{metadata.url}/node-a/"}
+    done = subprocess.run([sys.executable, str(ROOT / "cluster" / "spot_watcher.py"), "--address", "127.0.0.1:1",
+                           "--node-id", "ab" * 28, "--poll", "0.1"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert metadata.polled_by("node-a") and not metadata.polled_by("node-b")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("spot_watcher: error: ray drain-node failed")
 
 
 def _start_watcher(cluster_address, metadata_url, node_id=None, log=None):

@@ -242,22 +242,6 @@ def test_loader_workers_follow_the_cores_per_training_worker():
 
 # --- a real multi-node cluster: lose a node (preempted, then killed), get it back ---------------
 
-def _progress(run_folder):
-    """(attempts so far, the latest attempt's world size, its first and last logged step)."""
-    from genesis_dist.training.sample_log import read_attempts
-
-    try:
-        attempts = read_attempts(run_folder)
-    except FileNotFoundError:
-        return 0, None, None, None
-    if not attempts:
-        return 0, None, None, None
-    records = [r for ranks in attempts[max(attempts)].values() for r in ranks]
-    if not records:
-        return len(attempts), None, None, None
-    return len(attempts), records[0]["world"], min(r["step"] for r in records), max(r["step"] for r in records)
-
-
 def _refresh_autoscaling_view():
     """Make Ray's autoscaling coordinator look at the cluster now rather than at its next
     20-second tick (what a real autoscaler's view would catch up with anyway): it is what
@@ -279,17 +263,16 @@ def test_elastic_run_survives_a_preempted_and_a_killed_node_and_trains_every_sam
     import subprocess
     import sys
     import time
-    from collections import defaultdict
 
     import ray
     import torch
 
+    from elastic_checks import attempt_worlds, check_every_sample_once, progress
     from ray_multinode import LocalCluster
     from tiny_config import TINY
 
     from genesis_dist.training.checkpoint import load_checkpoint
     from genesis_dist.training.run_folder import ensure_dataset
-    from genesis_dist.training.sample_log import read_attempts, trained_keys
 
     data = str(tmp_path / "data")
     ensure_dataset(load_config(TINY + [f"data.url={data}", "data.generate_if_missing=true",
@@ -319,12 +302,12 @@ def test_elastic_run_survives_a_preempted_and_a_killed_node_and_trains_every_sam
                 """Until an attempt later than `after_attempts` with `world` workers has logged
                 `new_steps` steps; returns the number of attempts then."""
                 while time.monotonic() - started < 360:
-                    count, current, first, last = _progress(run)
+                    count, current, first, last = progress(run)
                     if count > after_attempts and current == world and last - first + 1 >= new_steps:
                         return count
                     assert trainer.poll() is None, f"training ended early:\n{log_path.read_text()[-3000:]}"
                     time.sleep(0.3)
-                raise TimeoutError(f"no attempt with {world} workers: {_progress(run)}\n{log_path.read_text()[-3000:]}")
+                raise TimeoutError(f"no attempt with {world} workers: {progress(run)}\n{log_path.read_text()[-3000:]}")
 
             seen = wait_for(2, 5, 0)
             # A spot interruption: the node is drained as a preemption, then goes at the deadline.
@@ -353,25 +336,10 @@ def test_elastic_run_survives_a_preempted_and_a_killed_node_and_trains_every_sam
     assert "Training was interrupted by node preemption" in output  # Ray Train saw a preemption
 
     # Worker counts of the attempts: 2, then 1 after the preemption, 2, 1 after the kill, 2.
-    worlds = [next(iter(ranks.values()))[0]["world"] for _, ranks in sorted(read_attempts(run).items())
-              if any(ranks.values())]
-    collapsed = [w for i, w in enumerate(worlds) if i == 0 or w != worlds[i - 1]]
-    assert collapsed == [2, 1, 2, 1, 2], worlds
+    assert attempt_worlds(run) == [2, 1, 2, 1, 2]
 
     # Every step of the final model's history, each epoch's 96 samples exactly once.
-    history = trained_keys(run)
-    assert sorted(history) == list(range(1, steps + 1))
-    for step, entry in history.items():
-        assert len(entry["keys"]) == 8 * entry["world"], step
-    epochs = defaultdict(list)
-    for step in sorted(history):
-        epochs[history[step]["epoch"]].extend(history[step]["keys"])
-    everything = set(epochs[0])
-    assert len(everything) == 96
-    for epoch, keys in epochs.items():
-        assert len(keys) == len(set(keys)), f"epoch {epoch} repeats samples"
-        if epoch < max(epochs):
-            assert set(keys) == everything, f"epoch {epoch} skipped {sorted(everything - set(keys))[:5]}"
+    history = check_every_sample_once(run, steps, samples=96, batch=8)
     restarts = sorted({entry["attempt"] for entry in history.values()})
     assert len(restarts) >= 5  # the final model went through every resize
 

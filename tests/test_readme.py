@@ -38,6 +38,9 @@ TRAIN_EXPECTED = {
     "data=images data.url=shards/photos": ("genesis_v2", 64, 7, 0.5655, 500_000, "genesis_v2-images"),
     "--config runs/genesis_v2-objects_room-release/config.yaml data.url=s3://YOUR-BUCKET/my_scenes optim.steps=550001":
         ("genesis_v2", 64, 7, 0.5655, 550_001, "genesis_v2-objects_room-release"),
+    "data.url=$PWD/data/multi_dsprites_32px data.generate_if_missing=true run.storage_path=$PWD/runs optim.steps=200 "
+    "scaling.num_workers=[1,2] scaling.cpus_per_worker=1 scaling.resources_per_worker.rehearsal_gpu=1":
+        ("genesis_v2", 32, 5, 0.5655, 200, "genesis_v2-multi_dsprites-demo"),
 }
 # What each README sweep command must compose: (model, data, K, space, trials, metric, scheduler)
 TUNE_EXPECTED = {
@@ -264,3 +267,23 @@ def test_each_readme_released_model_command_runs_as_written(tmp_path, monkeypatc
                                 {"step": 1, "config": OmegaConf.to_container(cfg)}, None)
     assert export_model.main(export_args) == 0
     assert (Path(export_args[export_args.index("--out") + 1]) / "model.ckpt-FINAL").is_file()
+
+
+def test_the_readme_rehearsal_commands_are_the_tools_and_reach_its_cluster():
+    """`python tools/local_cluster.py up|down` parse as the tool parses them, and the job
+    is submitted to the dashboard address `up` gives by default, with token authentication."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("local_cluster", README.parent / "tools" / "local_cluster.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S) if "local_cluster.py" in b]
+    lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
+    actions = [tool.parser().parse_args(words[2:]).command for words in lines if words[:2] == ["python", "tools/local_cluster.py"]]
+    assert actions == ["up", "down"]
+    (submit,) = [words for words in lines if "submit" in words]
+    default_port = tool.parser().parse_args(["up"]).dashboard_port
+    assert submit[:3] == ["RAY_AUTH_MODE=token", "ray", "job"]
+    assert submit[submit.index("--address") + 1] == f"http://127.0.0.1:{default_port}"
+    assert submit[submit.index("--working-dir") + 1] == "."
+    assert f"scaling.resources_per_worker.{tool.GPU_RESOURCE}=1" in submit

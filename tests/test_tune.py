@@ -180,3 +180,32 @@ def test_a_trial_that_cannot_fit_the_local_cluster_is_one_line(ray_address, shar
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1
     assert "one trial needs 8.05 CPUs (1 worker(s) × scaling.cpus_per_worker=8 + sweep.driver_cpus=0.05)" in err
+
+
+def test_trials_get_no_aws_credentials_from_the_driver(monkeypatch):
+    """Ray Tune would copy the driver's AWS credentials into each trial actor's runtime
+    environment, which the dashboard shows; the sweep turns that off and keeps the
+    variables that are no secret."""
+    from ray.tune.execution import class_cache
+
+    from genesis_dist.tuning.sweep import keep_credentials_out_of_trials
+
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", class_cache.ENV_VARS_TO_PROPAGATE)  # restored after
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "driver-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "driver-token")
+    monkeypatch.setenv("RAY_CHDIR_TO_TRIAL_DIR", "0")
+
+    class Trainable:
+        pass
+
+    class Other:
+        pass
+
+    def trial_env(cls) -> dict:
+        return class_cache._ActorClassCache().get(cls)._default_options["runtime_env"]["env_vars"]
+
+    assert trial_env(Trainable)["AWS_SECRET_ACCESS_KEY"] == "driver-secret"  # what Ray Tune does by itself
+    keep_credentials_out_of_trials()
+    env = trial_env(Other)
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(env)
+    assert env["RAY_CHDIR_TO_TRIAL_DIR"] == "0"  # what is no secret still travels

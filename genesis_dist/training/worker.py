@@ -185,7 +185,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, progress_board
             num_workers=workers if workers[0] < workers[1] else workers[0],
             elastic_resize_monitor_interval_s=cfg.scaling.resize_interval_s,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {}),
+                                  **cfg.scaling.resources_per_worker},
         ),
         run_config=RunConfig(
             name=cfg.run.name,

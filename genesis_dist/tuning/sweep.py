@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import worker_range
-from ..storage import join
+from ..storage import AWS_CREDENTIAL_VARIABLES, join
 from ..training.run import storage_options as run_storage_options
 from ..training.worker import describe_failure, ray_storage
 from .space import Dimension, apply_params
@@ -80,6 +80,18 @@ def default_concurrency(base: DictConfig, driver_cpus: float) -> int:
     return max(1, int(resources.get("CPU", 1) // trial_cpus(base.scaling, driver_cpus, workers)))
 
 
+def keep_credentials_out_of_trials() -> None:
+    """Stop Ray Tune from copying the driver's AWS credentials into every trial's runtime
+    environment (Ray 2.60's ray/tune/execution/class_cache.py propagates AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY and the session tokens), where the dashboard and the state API
+    show them to anyone who reaches them; the trials' processes get credentials as
+    training's workers do (the instance profile, the environment of each node's `ray start`,
+    which a local cluster inherits from this process). Found by tests/test_rehearsal.py."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(AWS_CREDENTIAL_VARIABLES)
+
+
 def run_sweep(base: DictConfig, sweep: DictConfig, dimensions: list[Dimension], sweep_url: str,
               max_concurrent: int):
     """Run (or resume, when the sweep folder holds Tune's state) every trial; returns
@@ -87,6 +99,7 @@ def run_sweep(base: DictConfig, sweep: DictConfig, dimensions: list[Dimension], 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    keep_credentials_out_of_trials()
     storage_options = run_storage_options(base)
     runs_url = trial_runs_url(sweep_url)
     trainable = tune.with_resources(
