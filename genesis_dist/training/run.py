@@ -17,7 +17,7 @@ from . import curriculum
 from .checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publish, RunLog, worker_file
 from .sync_batchnorm import sync_batchnorm
-from .loop import (Hook, TrainState, fit, make_grad_scaler, make_objective, make_optimizer, seed_everything,
+from .loop import (Hook, TrainState, fit, keep_freed_memory, make_grad_scaler, make_objective, make_optimizer, seed_everything,
                    set_base_lr, use_channels_last)
 
 
@@ -32,8 +32,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def build_state(cfg: DictConfig, device: torch.device, world: int = 1) -> TrainState:
     """Model (same initial weights on every rank, from `run.seed`), objective, optimiser
     (learning rate scaled for the global batch of `world` workers) and schedule, scaler,
-    at step 0."""
+    at step 0. On a CPU the process keeps memory it frees (`keep_freed_memory`)."""
     seed_everything(cfg.run.seed, cfg.run.deterministic)
+    if device.type == "cpu":
+        keep_freed_memory()
     model = build_model(cfg.model).to(device)
     if cfg.optim.channels_last:
         use_channels_last(model)
