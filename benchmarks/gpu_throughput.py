@@ -6,6 +6,9 @@ is busy (CUDA kernel time over wall time, torch.profiler).
     python benchmarks/gpu_throughput.py --device cpu     # CPU rows: batch 8, 3 steps (correctness, ratios)
     python benchmarks/gpu_throughput.py --markdown       # also print the table as markdown
 
+Raw results (rows and machine) go to benchmarks/results/ (benchmarks/record.py;
+`GENESIS_BENCH_RESULTS` elsewhere).
+
 A step is `genesis_dist.training.loop.train_step` (the one the training loop runs:
 forward, GECO loss, backward, Adam, GECO update; its metrics stay on the device) on
 channels-last weights and synthetic images already on the device, so data loading is
@@ -17,8 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -27,6 +32,9 @@ from genesis_dist.models import build_model
 from genesis_dist.schema import ModelConfig
 from genesis_dist.training.loop import train_step, use_channels_last
 from genesis_dist.training.objective import TrainingObjective, base_objective
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import Recorder  # noqa: E402  (benchmarks/ is not a package)
 
 GOAL_V2_BF16 = 3000  # img/s per GPU
 OBJECTIVE = SimpleNamespace(name="geco", goal=0.5655, step_size=None, alpha=0.99, speedup=10.0, beta_init=1.0,
@@ -80,7 +88,7 @@ def measure(name: str, precision: str, mode: str, batch: int, device: torch.devi
     images = torch.rand(batch, 3, 64, 64, device=device)
 
     def step():
-        return train_step(trained, objective, optimizer, images, precision=precision, channels_last=True)
+        return train_step(trained, objective, optimizer, images, precision=precision, channels_last=True)  # noqa: F821 (deleted after the last call)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -146,6 +154,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--profile-steps", type=int, default=5, help="profiled steps for the GPU-busy fraction")
     parser.add_argument("--budget-s", type=float, default=270.0, help="rows not started by then are skipped")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--no-save", action="store_true", help="print only; write no results file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -156,19 +165,26 @@ def main(argv: list[str] | None = None) -> list[Row]:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     print(f"[gpu_throughput] {machine(device)}", flush=True)
-    started, rows = time.perf_counter(), []
-    for name in args.models:
-        for precision in precisions:
-            for mode in args.modes:
-                for batch in batches:
-                    if time.perf_counter() - started > args.budget_s:
-                        rows.append(Row(name, precision, mode, batch, note=f"skipped: {args.budget_s:.0f} s budget spent"))
-                        continue
-                    row = measure(name, precision, mode, batch, device, steps, args.warmup, args.profile_steps if gpu else 0)
-                    rows.append(row)
-                    print(f"[gpu_throughput] {name} {precision} {mode} batch {batch}: {fmt(row.img_per_s, '.1f')} img/s, "
-                          f"{fmt(row.ms_per_step, '.1f')} ms/step, GPU busy {fmt(row.gpu_busy, '.2f')}, "
-                          f"warm-up {fmt(row.warmup_s, '.1f')} s {row.note}", flush=True)
+    recorder = Recorder("gpu_throughput", argv=None if argv is None else [sys.argv[0], *argv])
+    # Eager rows first (seconds each), then the compiled ones (a compilation each), bf16 before
+    # fp32 and GENESIS-V2 first, so that a spent budget skips the least needed rows; the table
+    # keeps the model × precision × mode × batch order.
+    plan = [(name, precision, mode, batch) for name in args.models for precision in precisions
+            for mode in args.modes for batch in batches]
+    order = sorted(plan, key=lambda r: (args.modes.index(r[2]), r[1] != "bf16", args.models.index(r[0]),
+                                        batches.index(r[3])))
+    started, measured = time.perf_counter(), {}
+    for name, precision, mode, batch in order:
+        if time.perf_counter() - started > args.budget_s:
+            measured[(name, precision, mode, batch)] = Row(name, precision, mode, batch,
+                                                           note=f"skipped: {args.budget_s:.0f} s budget spent")
+            continue
+        row = measure(name, precision, mode, batch, device, steps, args.warmup, args.profile_steps if gpu else 0)
+        measured[(name, precision, mode, batch)] = row
+        print(f"[gpu_throughput] {name} {precision} {mode} batch {batch}: {fmt(row.img_per_s, '.1f')} img/s, "
+              f"{fmt(row.ms_per_step, '.1f')} ms/step, GPU busy {fmt(row.gpu_busy, '.2f')}, "
+              f"warm-up {fmt(row.warmup_s, '.1f')} s {row.note}", flush=True)
+    rows = [measured[key] for key in plan]
     print(f"[gpu_throughput] {time.perf_counter() - started:.0f} s in all, load average {os.getloadavg()[0]:.1f} at the end",
           flush=True)
     best = max((r.img_per_s or 0 for r in rows if r.model == "genesis_v2" and r.precision == "bf16"), default=0)
@@ -176,6 +192,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
         print(f"[gpu_throughput] GENESIS-V2 bf16 best {best:,.0f} img/s per GPU (goal ≥ {GOAL_V2_BF16:,})", flush=True)
     if args.markdown:
         print(table(rows))
+    if not args.no_save:
+        saved = recorder.save({"settings": {"device": machine(device), "steps": steps, "warmup": args.warmup,
+                                            "profile_steps": args.profile_steps, "budget_s": args.budget_s},
+                               "goal_v2_bf16_img_per_s": GOAL_V2_BF16, "rows": [asdict(r) for r in rows]})
+        print(f"[gpu_throughput] raw results: {saved}", flush=True)
     return rows
 
 

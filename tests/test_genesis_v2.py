@@ -170,3 +170,24 @@ def test_replayed_noise_must_fit_what_the_model_draws():
     with pytest.raises(RuntimeError, match="1 replayed draws were not used"):
         with replayed(draws + [torch.zeros(1)]):
             model(x)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_decoder_transposed_convolution_with_its_bias_apart_is_torchs(layout):
+    """BiasApartConvTranspose2d (the decoders' stride-2 layers) computes nn.ConvTranspose2d's
+    output and all three gradients, in float64, in both memory layouts."""
+    from genesis_dist.models.blocks import BiasApartConvTranspose2d
+
+    torch.manual_seed(0)
+    reference = torch.nn.ConvTranspose2d(6, 4, 5, stride=2, padding=2, output_padding=1).double()
+    torch.nn.init.normal_(reference.bias)  # the default initialisation is small: make the bias count
+    ours = BiasApartConvTranspose2d(6, 4, 5, stride=2, padding=2, output_padding=1).double()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 6, 7, 7, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    expected, got = reference.to(memory_format=layout)(x), ours.to(memory_format=layout)(x)
+    assert got.shape == expected.shape == (3, 4, 14, 14)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    grad = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad(expected, [x, reference.weight, reference.bias], grad),
+                    torch.autograd.grad(got, [x, ours.weight, ours.bias], grad)):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)

@@ -359,7 +359,7 @@ def up(args: argparse.Namespace) -> int:
           f"{cluster_logs(folder)} (monitor.out/.err: the autoscaler)")
     print(f"[rehearsal] submit: RAY_AUTH_MODE=token ray job submit --address {dashboard} --working-dir . -- python -m genesis_dist.train "
           f"scaling.cpus_per_worker=1 scaling.resources_per_worker.{GPU_RESOURCE}=1 ...")
-    print(f"[rehearsal] stop: python tools/local_cluster.py down" + (f" --dir {folder}" if args.dir != DEFAULT_DIR else ""))
+    print("[rehearsal] stop: python tools/local_cluster.py down" + (f" --dir {folder}" if args.dir != DEFAULT_DIR else ""))
     return 0
 
 

@@ -5,12 +5,25 @@
     for batch in loader.forever(): ...
 
 Converters (one per dataset) live in `genesis_dist.data.formats`; `tools/shard.py` is their CLI.
-"""
-from .errors import CorruptDataError, DataError, SourceError, StorageError
-from .loader import ShardLoader, make_loader
-from .manifest import ShardSet, read_manifest
 
-__all__ = [
-    "CorruptDataError", "DataError", "ShardLoader", "SourceError", "StorageError",
-    "ShardSet", "make_loader", "read_manifest",
-]
+The names below load on first use, so that importing a converter (e.g. generating
+Multi-dSprites in memory on a machine with torch alone, benchmarks/gpu_recipe.py) does
+not import the loader's webdataset and fsspec.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "CorruptDataError": "errors", "DataError": "errors", "SourceError": "errors", "StorageError": "errors",
+    "ShardLoader": "loader", "make_loader": "loader", "read_manifest": "manifest", "ShardSet": "manifest",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

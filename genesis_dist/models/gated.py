@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import BiasApartConvTranspose2d
+
 ENCODER_FILTERS = (32, 32, 64, 64, 64)
 DECODER_FILTERS = (64, 32, 32, 32, 32)
 DEFAULT_STRIDES = (1, 2, 1, 2, 1)
@@ -70,7 +72,7 @@ class GatedConv(nn.Module):
     ):
         super().__init__()
         if transposed:
-            self.conv = nn.ConvTranspose2d(
+            self.conv = BiasApartConvTranspose2d(
                 in_ch, 2 * out_ch, kernel, stride, padding, output_padding=stride - 1
             )
         else:

@@ -17,7 +17,8 @@ from ..models import build_model
 from .checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from .hooks import Checkpoints, Figures, FinishedMarker, InjectedFailure, Publish, RunLog
 from .layout import worker_file
-from .loop import Hook, TrainState, fit, make_grad_scaler, make_optimizer, seed_everything, set_base_lr, use_channels_last
+from .loop import (Hook, TrainState, fit, keep_freed_memory, make_grad_scaler, make_optimizer, seed_everything, set_base_lr,
+                   use_channels_last)
 from .objective import make_objective
 from .progress import Progress, note_event, print_events
 from .sync_batchnorm import sync_batchnorm
@@ -65,9 +66,12 @@ class RankPlan:
 
 def build_state(cfg: DictConfig, plan: RankPlan) -> TrainState:
     """Model (same initial weights on every rank, from `run.seed`) on `plan.device`, training
-    objective, optimiser (at the plan's learning rate) and schedule, scaler, at step 0."""
+    objective, optimiser (at the plan's learning rate) and schedule, scaler, at step 0. On a CPU
+    the process keeps the memory it frees (`keep_freed_memory`)."""
     device = plan.device
     seed_everything(cfg.run.seed, cfg.run.deterministic)
+    if device.type == "cpu":
+        keep_freed_memory()
     model = build_model(cfg.model).to(device)
     if cfg.optim.channels_last:
         use_channels_last(model)
