@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from genesis_dist.config import model_config
 from genesis_dist.models import build_model, count_parameters
 from genesis_dist.training.loop import use_channels_last
 
@@ -52,7 +53,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f} at start")
     for layout in args.layout:
         torch.manual_seed(0)
-        models = {name: build_model({"name": name, "img_size": args.img_size, "num_slots": args.slots}).train()
+        models = {name: build_model(model_config([f"img_size={args.img_size}", f"num_slots={args.slots}"], name=name)).train()
                   for name in args.models}
         images = torch.rand(args.batch_size, 3, args.img_size, args.img_size)
         if layout == "nhwc":

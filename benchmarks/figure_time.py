@@ -23,6 +23,7 @@ from torch.utils.tensorboard.summary import image as tensorboard_image
 from torchvision.utils import save_image
 
 from genesis_dist.figures import decomposition_figure, generation_figure, save_png, scores_caption
+from genesis_dist.config import model_config
 from genesis_dist.models import build_model
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_model({"name": "genesis_v2", "img_size": 64, "num_slots": 7}).eval()
+    model = build_model(model_config(["img_size=64", "num_slots=7"])).eval()
     images = torch.rand(8, 3, 64, 64)
     labels = torch.randint(0, 4, (8, 64, 64))
     with torch.no_grad():

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from genesis_dist.config import model_config
 from genesis_dist.models import build_model
 from genesis_dist.training.loop import keep_freed_memory, use_channels_last
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for name in args.models:
         torch.manual_seed(0)
-        model = build_model({"name": name, "img_size": args.img_size, "num_slots": args.slots}).train()
+        model = build_model(model_config([f"img_size={args.img_size}", f"num_slots={args.slots}"], name=name)).train()
         batch = images
         if args.layout == "nhwc":
             use_channels_last(model)

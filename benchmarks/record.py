@@ -6,9 +6,9 @@ Torch-only at import (the GPU machine has no Ray): versions of other libraries a
 from package metadata, never imported.
 
     from record import Recorder          # benchmarks/ is the script's folder
-    recorder = Recorder("model_throughput")
+    recorder = Recorder("vs_authors")
     ...
-    recorder.save({"rows": rows})        # → benchmarks/results/model_throughput-<date>.json
+    recorder.save({"rows": rows})        # → benchmarks/results/vs_authors-<date>.json
 
 `--results-dir` style overrides: set `GENESIS_BENCH_RESULTS` to write elsewhere.
 """

@@ -102,6 +102,7 @@ def test_watcher_reads_the_interruption_notice_with_a_session_token(metadata):
     assert watcher.seconds_until("2026-01-01T11:59:00Z", now=noon) == 0
 
 
+@pytest.mark.integration  # `ray drain-node` spends ~40 s failing to reach the address it is given
 def test_watcher_finds_the_metadata_service_where_botocore_looks(metadata):
     """AWS_EC2_METADATA_SERVICE_ENDPOINT (botocore's setting) points the watcher at the
     service, here one instance's path on the stand-in: it reads that instance's notice and

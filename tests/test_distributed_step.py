@@ -202,7 +202,10 @@ def test_the_host_read_detector_catches_an_injected_item():
     assert set(_fit_counting_reads(with_item)) >= {1, 2, 4}
 
 
+@pytest.mark.integration  # ~55 s of Inductor compilation on 2 cores; the fast tier compiles through aot_eager (test_curriculum)
 def test_compiled_step_equals_eager_step_on_cpu():
+    """The training path's step through torch.compile's default backend (Inductor) equals the
+    eager step: same loss, same parameter updates to float32 round-off."""
     import torch._dynamo  # noqa: F401
     import torch._inductor.config as inductor_config
 
