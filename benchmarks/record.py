@@ -11,6 +11,11 @@ from package metadata, never imported.
     recorder.save({"rows": rows})        # → benchmarks/results/vs_authors-<date>.json
 
 `--results-dir` style overrides: set `GENESIS_BENCH_RESULTS` to write elsewhere.
+
+A script that keeps no record of its own runs under this one, which saves its whole output
+(stdout and stderr, as printed) and exit status beside the same context:
+
+    python benchmarks/record.py python benchmarks/data_throughput.py [ARGS...]
 """
 from __future__ import annotations
 
@@ -123,3 +128,26 @@ class Recorder:
         path = folder / f"{self.name}-{self.started.strftime('%Y%m%dT%H%M%SZ')}.json"
         path.write_text(json.dumps(record, indent=1, default=str) + "\n")
         return path
+
+
+def record_command(command: list[str]) -> int:
+    """Run `command`, echoing its output line by line, and save that output and its exit status
+    as the results of a record named after the script (`data_throughput-<date>.json`)."""
+    script = next((Path(a).stem for a in command if a.endswith(".py")), Path(command[0]).name)
+    recorder = Recorder(script, argv=command)
+    recorder.context["command"] = " ".join(shlex.quote(a) for a in command)
+    lines: list[str] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line.rstrip("\n"))
+    path = recorder.save({"exit_status": process.returncode, "output": lines})
+    print(f"[record] raw output: {path}", flush=True)
+    return process.returncode
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python benchmarks/record.py COMMAND [ARGS...]")
+    sys.exit(record_command(sys.argv[1:]))

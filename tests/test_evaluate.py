@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import ray  # noqa: E402  (a hard dependency: a broken install fails, never skips)
@@ -26,7 +27,7 @@ from genesis_dist.evaluate import Evaluation, main  # noqa: E402
 from genesis_dist.metrics import feature_statistics, fid_from_features  # noqa: E402
 from genesis_dist.models import build_model  # noqa: E402
 from genesis_dist.training.run_folder import ensure_dataset  # noqa: E402
-from genesis_dist.training.worker import build_trainer  # noqa: E402
+from genesis_dist.training.run import publish_to_run_folder, train_rank  # noqa: E402
 
 TINY = BASE_TINY + ["optim.steps=6", "run.keep_checkpoints=5"]
 STEPS = (2, 4, 6)
@@ -46,14 +47,18 @@ def ray_cluster(s3_server):
 
 @pytest.fixture(scope="module")
 def trained_run(ray_cluster, tmp_path_factory) -> Path:
-    """A finished 6-step run of the tiny GENESIS-V2 with checkpoints at steps 2, 4, 6."""
+    """A finished 6-step run of the tiny GENESIS-V2 with checkpoints at steps 2, 4, 6: one rank
+    trained in this process, as a Ray Train worker trains it (the fast tier's Ray Train run is
+    tests/test_console.py's command; tests/test_train.py's integration tests train through Ray
+    Train and evaluate)."""
     root = tmp_path_factory.mktemp("training")
     cfg = load_config(TINY + [f"data.url={root / 'multi_dsprites'}", "data.generate_if_missing=true",
                               "data.generate_train=96", "data.generate_test=16",
                               f"run.storage_path={root / 'runs'}", "run.name=tiny"])
     ensure_dataset(cfg)
-    assert build_trainer(cfg).fit().error is None
     run = root / "runs" / "tiny"
+    train_rank(cfg, str(run), rank=0, world=1, device=torch.device("cpu"), publish=publish_to_run_folder(str(run)),
+               progress=lambda event: None)
     assert sorted(p.name for p in run.glob("checkpoint_0*")) == [f"checkpoint_{s:08d}" for s in STEPS]
     assert (run / "finished.json").exists()
     return run

@@ -246,6 +246,7 @@ def test_no_credentials_is_one_line_and_status_3(tmp_path):
     _one_line(tune, EXIT_STATUS["no_credentials"], "no credentials")
 
 
+@pytest.mark.integration  # four command processes, ~13 s; the fast tier keeps the no-credentials status
 def test_storage_failures_have_their_own_statuses(s3_server, tmp_path):
     bucket = s3_server.create_bucket("statuses")
     env = {**NO_AWS, **s3_server.env}

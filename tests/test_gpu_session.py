@@ -1,7 +1,7 @@
 """benchmarks/gpu_session.sh, the one prepared GPU session, runs with torch alone (the GPU
 machines have no Ray, OmegaConf or webdataset): its --smoke form on a CPU, where every Python
-process it starts refuses to import those, prints the throughput row and the recipe's curve and
-saves both scripts' raw JSON where $OUT points."""
+process it starts refuses to import those, prints the throughput row and the recipe's curve
+and saves both scripts' raw JSON where $OUT points."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +24,7 @@ sys.meta_path.insert(0, Refuse())
 """
 
 
+@pytest.mark.integration  # a benchmark script, not a module of the package; ~16 s
 def test_the_gpu_session_runs_with_torch_alone_and_saves_its_results(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(REFUSE)  # loaded by every python it starts

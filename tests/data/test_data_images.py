@@ -279,6 +279,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     assert warned not in loaded and refused not in loaded and loaded  # the frame was decoded, the bombs not
 
 
+@pytest.mark.integration  # two CLI processes with worker pools against S3, ~15 s; the fast tier converts locally
 def test_own_folder_on_s3_streams_to_s3_and_matches_the_local_shards(own_folder, tmp_path, s3_server, shard_cli,
                                                                       capsys):
     root, expected = own_folder
