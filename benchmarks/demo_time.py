@@ -14,11 +14,16 @@ timed as the run does it, with the demo's own config, beside the steps:
 then, with `--run`, the whole command as a user runs it, for the total the parts should
 add up to. Prints a table; the raw numbers go to benchmarks/results/ (record.py).
 
-    python benchmarks/demo_time.py [--steps 30] [--run] [-- key=value ...]
+With `--run` the record also keeps the run's held-out scores at every checkpoint (its
+`metrics.jsonl` lines with `eval_*` values) and the command's last lines; `--run-only` skips
+the parts (a seed of the demo, recorded).
+
+    python benchmarks/demo_time.py [--steps 30] [--run | --run-only] [-- key=value ...]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="training steps timed (after 5 untimed)")
     parser.add_argument("--run", action="store_true", help="also run the whole demo command and time it")
+    parser.add_argument("--run-only", action="store_true", help="only the whole command, recorded with its scores")
     parser.add_argument("overrides", nargs="*", help="key=value passed to the demo config (after --)")
     args = parser.parse_args()
     recorder = Recorder("demo_time")
@@ -63,6 +69,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="demo-time-"))
     cfg = load_config([f"data.url={work / 'data'}", f"run.storage_path={work / 'runs'}", *args.overrides])
     rows: list[dict] = []
+    if args.run_only:
+        return run_whole_command(recorder, work, args.overrides, rows, None)
 
     def row(part: str, count: int, seconds_each: float) -> None:
         rows.append({"part": part, "count": count, "seconds_each": round(seconds_each, 3),
@@ -129,30 +137,45 @@ def main() -> int:
         lambda: save_checkpoint(str(work / "ckpt"), state.state_dict(), {"step": 1}), repeat=3))
 
     total_parts = sum(r["seconds"] for r in rows)
-    whole = None
-    if args.run:
-        folder = work / "user"
-        folder.mkdir()
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "genesis_dist.train", *args.overrides], cwd=folder,
-                              capture_output=True, text=True)
-        whole = time.perf_counter() - start
-        if done.returncode != 0:
-            print(done.stderr[-2000:], file=sys.stderr)
-        print(done.stdout.splitlines()[-1] if done.stdout else "", flush=True)
     print("\n| part | count | s each | s | share |\n|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['part']} | {r['count']} | {r['seconds_each']:.3f} | {r['seconds']:.1f} | "
               f"{r['seconds'] / total_parts:.0%} |")
     print(f"| sum of the parts | | | {total_parts:.1f} ({total_parts / 60:.1f} min) | |")
-    if whole is not None:
-        print(f"| the whole command (`python -m genesis_dist.train`) | 1 | | {whole:.1f} ({whole / 60:.1f} min) | |")
-    path = recorder.save({"rows": rows, "sum_of_parts_s": round(total_parts, 1),
-                          "whole_command_s": None if whole is None else round(whole, 1),
+    if args.run:
+        return run_whole_command(recorder, work, args.overrides, rows, total_parts)
+    path = recorder.save({"rows": rows, "sum_of_parts_s": round(total_parts, 1), "whole_command_s": None,
                           "overrides": args.overrides})
     print(f"raw output: {path}")
     return 0
 
+
+def run_whole_command(recorder: Recorder, work: Path, overrides: list[str], rows: list[dict],
+                      total_parts: float | None) -> int:
+    """`python -m genesis_dist.train *overrides` in a fresh folder, as a user runs it: its wall
+    time, its held-out scores at every checkpoint and its last lines go into the record."""
+    folder = work / "user"
+    folder.mkdir()
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "genesis_dist.train", *overrides], cwd=folder,
+                          capture_output=True, text=True)
+    whole = time.perf_counter() - start
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+    last_lines = done.stdout.splitlines()[-8:]
+    print("\n".join(last_lines), flush=True)
+    heldout = []
+    for history in sorted(folder.glob("runs/*/metrics.jsonl")):
+        for line in history.read_text().splitlines():
+            record = json.loads(line)
+            if any(key.startswith("eval_") for key in record):
+                heldout.append(record)
+    print(f"| the whole command (`python -m genesis_dist.train`) | 1 | | {whole:.1f} ({whole / 60:.1f} min) | |")
+    path = recorder.save({"rows": rows, "sum_of_parts_s": None if total_parts is None else round(total_parts, 1),
+                          "whole_command_s": round(whole, 1), "exit_status": done.returncode,
+                          "overrides": overrides, "heldout": heldout, "last_lines": last_lines})
+    print(f"raw output: {path}")
+    return done.returncode
 
 if __name__ == "__main__":
     sys.exit(main())
