@@ -111,9 +111,9 @@ server on 127.0.0.1, on the same cores. Per CPU-second = images / CPU time of th
 
 {table}
 
-Per core (the lowest per-CPU-second rate with ≥ 2 workers): {per_core:,.0f} img/s → about
-{per_core * NODE_CORES:,.0f} img/s on a {NODE_CORES}-core node when the loader has the cores to
-itself (goal: ≥ {GOAL_PER_NODE:,} img/s per node, 5× what one GPU trainer consumes).
+Per core (the lowest per-CPU-second rate with ≥ 2 workers): {per_core:,.0f} img/s. Projection, not
+measured: × {NODE_CORES} cores = {per_core * NODE_CORES:,.0f} img/s on a {NODE_CORES}-core node if the rate per core
+held there (goal: ≥ {GOAL_PER_NODE:,} img/s per node, 5× what one GPU trainer consumes).
 """
     print(section)
     if args.append_results:

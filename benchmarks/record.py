@@ -133,7 +133,12 @@ class Recorder:
 def record_command(command: list[str]) -> int:
     """Run `command`, echoing its output line by line, and save that output and its exit status
     as the results of a record named after the script (`data_throughput-<date>.json`)."""
-    script = next((Path(a).stem for a in command if a.endswith(".py")), Path(command[0]).name)
+    if "-m" in command[:-1]:  # python -m pytest tests/test_x.py: the module, then the first file it is given
+        module = command[command.index("-m") + 1].split(".")[-1]
+        files = [Path(a).stem for a in command[command.index("-m") + 2:] if a.endswith(".py")]
+        script = "-".join([module, *files[:1]])
+    else:
+        script = next((Path(a).stem for a in command if a.endswith(".py")), Path(command[0]).name)
     recorder = Recorder(script, argv=command)
     recorder.context["command"] = " ".join(shlex.quote(a) for a in command)
     lines: list[str] = []

@@ -283,7 +283,8 @@ def test_elastic_run_survives_a_preempted_and_a_killed_node_and_trains_every_sam
     # 96 samples, 8 per worker: 6 steps an epoch at 2 workers, 12 at 1; a checkpoint every
     # 4 steps always falls where the epoch's rest divides by either global batch, so no
     # phase leaves a sample out and every epoch must be seen whole.
-    command = [sys.executable, "-m", "genesis_dist.train", *TINY, f"data.url={data}",
+    # --verbose: Ray Train's own lines (its preemption notice, asserted below) reach the output.
+    command = [sys.executable, "-m", "genesis_dist.train", "--verbose", *TINY, f"data.url={data}",
                f"run.storage_path={tmp_path / 'runs'}", "run.name=elastic", f"optim.steps={steps}",
                "scaling.num_workers=[1,2]", "scaling.resize_interval_s=2", "run.checkpoint_every=4",
                "run.keep_checkpoints=1000", "run.log_sample_keys=true", "run.max_failures=4"]

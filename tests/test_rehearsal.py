@@ -332,8 +332,8 @@ def test_a_spot_interruption_drains_one_node_and_the_elastic_job_shrinks_grows_b
     run = rehearsal.folder / "runs" / "spot"  # local: sample-key logs are local files (every node shares them)
     # 96 samples, 8 per worker: 6 steps an epoch at 2 workers, 12 at 1; a checkpoint every 4
     # steps falls where the epoch's rest divides by either global batch (tests/test_elastic.py).
-    job = rehearsal.submit("spot", [
-        "python", "-m", "genesis_dist.train", *TINY, f"data.url={rehearsal.bucket}/data",
+    job = rehearsal.submit("spot", [  # --verbose: Ray Train's preemption notice reaches the job's logs
+        "python", "-m", "genesis_dist.train", "--verbose", *TINY, f"data.url={rehearsal.bucket}/data",
         f"run.storage_path={run.parent}", "run.name=spot", f"optim.steps={steps}", "scaling.num_workers=[1,2]",
         "scaling.resize_interval_s=2", "run.checkpoint_every=4", "run.keep_checkpoints=1000", "run.log_sample_keys=true",
         "run.max_failures=4", "scaling.cpus_per_worker=1", "scaling.resources_per_worker.rehearsal_gpu=1"],

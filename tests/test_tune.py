@@ -121,19 +121,27 @@ space:
         first.wait(timeout=60)
     # Ray kills a dead driver's actors (trial drivers, Train controllers, workers) in a
     # cascade; resubmitting while they still run would have two runs write one folder.
-    from ray.util.state import list_actors
+    from ray.util.state import list_actors, list_placement_groups
 
     def job_actors():  # Ray's own detached service actors (autoscaling coordinator) stay
         return [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if not a.is_detached]
 
+    def reserved_groups():  # a dead job's placement groups go after its actors, and hold the CPUs till then
+        return list_placement_groups(filters=[("state", "=", "CREATED")])
+
     deadline = time.monotonic() + 90
-    while job_actors() and time.monotonic() < deadline:
+    while (job_actors() or reserved_groups()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not job_actors(), "the killed sweep's actors are still alive"
+    assert not reserved_groups(), "the killed sweep's placement groups still hold the cluster's CPUs"
     finished_history = (finished / "metrics.jsonl").read_bytes()
     early_checkpoint = (interrupted / "checkpoint_00000002" / "meta.json").stat().st_mtime
 
-    again = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    try:
+        again = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError("the resumed sweep did not finish within 300 s:\n"
+                             + (err.stderr or b"").decode(errors="replace")[-6000:]) from None
     assert again.returncode == 0, again.stderr[-2000:]
     # The finished trial did not run again; the interrupted one continued from its checkpoint:
     # the checkpoints it wrote before the kill were not written again, the later ones were.

@@ -194,13 +194,16 @@ def port_taken(port: int) -> bool:
 def processes_of(sessions: list[int], folder: str) -> list[int]:
     """Process ids in the given sessions or whose command line names `folder` (the
     rehearsal's private folder: every Ray process of the cluster has its session path
-    in its arguments), this process excepted."""
-    listing = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    in its arguments), this process excepted. Zombies are left out: they have exited and
+    hold nothing (their parent reaps them; `stop_processes` reaps `up`'s own)."""
+    listing = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,stat=,args="], capture_output=True, text=True,
+                             check=True).stdout
     found = []
     for line in listing.splitlines():
-        pid_text, _, args = line.strip().partition(" ")
+        pid_text, _, rest = line.strip().partition(" ")
+        stat, _, args = rest.strip().partition(" ")
         pid = int(pid_text)
-        if pid == os.getpid():
+        if pid == os.getpid() or stat.startswith("Z"):
             continue
         try:
             in_session = os.getsid(pid) in sessions
@@ -211,9 +214,21 @@ def processes_of(sessions: list[int], folder: str) -> list[int]:
     return found
 
 
+def reap_children() -> None:
+    """Collect the exit status of this process's children that have exited."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def stop_processes(sessions: list[int], folder: str, grace_s: float = 10.0) -> int:
     """SIGTERM the rehearsal's processes, SIGKILL what is left after `grace_s`; returns
     how many there were. Raises RehearsalError when some survive."""
+    reap_children()
     pids = processes_of(sessions, folder)
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         for pid in processes_of(sessions, folder):
@@ -224,6 +239,7 @@ def stop_processes(sessions: list[int], folder: str, grace_s: float = 10.0) -> i
         deadline = time.monotonic() + wait_s
         while processes_of(sessions, folder) and time.monotonic() < deadline:
             time.sleep(0.2)
+            reap_children()
     left = processes_of(sessions, folder)
     if left:
         raise RehearsalError(f"processes {left} survived SIGKILL")
