@@ -94,7 +94,7 @@ def save_png(image: torch.Tensor | np.ndarray, url: str, storage_options: dict |
     buffer = io.BytesIO()
     # Pillow at zlib level 1, not torchvision's save_image (Pillow's level 6 after a float
     # round trip): 3.6x faster on a 1402x2126 decomposition figure, files 13% larger
-    # (benchmarks/RESULTS.md, libraries table).
+    # (benchmarks/history.md, "Libraries").
     Image.fromarray(to_image_array(image)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     _write_bytes(buffer.getvalue(), url, storage_options)
 

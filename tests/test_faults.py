@@ -1,4 +1,4 @@
-"""The fault matrix (benchmarks/RESULTS.md): each row injects one fault into real parts —
+"""The fault matrix (README "Failures and security"; recovery times in benchmarks/history.md): each row injects one fault into real parts —
 a real local Ray cluster, `python -m genesis_dist.train` / `evaluate` (in this process,
 or as processes of their own where the test kills or times them), shards and runs on a
 real moto S3 server behind the fault-injecting proxy, a real size-limited filesystem —
